@@ -153,19 +153,27 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     proto = catalog.protocol
     if cfg.kind == 'clips':
       by_split = {'train': [], 'test': []}
+      unassigned = 0
       for seg in catalog.segments:
         subject = catalog.videos[seg.video_id].subject_id
         if subject in proto['test_subjects']:
           by_split['test'].append(seg)
         elif subject in proto['train_subjects']:
           by_split['train'].append(seg)
-      return {s: self._generate_examples(catalog, segs) for s, segs in by_split.items()}
-    ids = sorted(catalog.usable_videos, key=labels_lib.video_sort_key)
-    # `all` is TFDS's own name for the union of the splits: train + heldout, each video stored once.
-    heldout = [v for v in ids if catalog.videos[v].subject_id in proto['test_subjects']]
-    train = [v for v in ids if v not in set(heldout)]
-    return {'train': self._generate_examples(catalog, train),
-            'heldout': self._generate_examples(catalog, heldout)}
+        else:
+          unassigned += 1
+      if unassigned:
+        logging.warning('%d segments belong to subjects in neither split of the protocol; left out of '
+                        'clips (pretrain keeps their videos).', unassigned)
+    else:
+      # `all` is TFDS's own name for the union of the splits: train + heldout, each video stored once.
+      ids = sorted(catalog.usable_videos, key=labels_lib.video_sort_key)
+      heldout = [v for v in ids if catalog.videos[v].subject_id in proto['test_subjects']]
+      by_split = {'train': [v for v in ids if v not in set(heldout)], 'heldout': heldout}
+    empty = [s for s, items in by_split.items() if not items]
+    if empty:  # TFDS cannot write an empty split
+      logging.warning('Split(s) %s would be empty and are left out.', empty)
+    return {s: self._generate_examples(catalog, items) for s, items in by_split.items() if items}
 
   def _write_skip_report(self):
     if self.skip_bad:

@@ -144,12 +144,12 @@ def _add_video(videos: dict, meta: VideoMeta, name: str, line: int, problems: li
   if prev is None:
     videos[meta.video_id] = meta
     return
-  for field in ('subject_id', 'emotion'):
-    if getattr(prev, field) != getattr(meta, field):
+  shown = {'subject_id': lambda m: m.subject_id, 'win_or_lose': lambda m: ('Lose', 'Win')[m.emotion]}
+  for field, get in shown.items():
+    if get(prev) != get(meta):
       problems.append(Problem(
           name, line, meta.video_id,
-          f'{field} {getattr(meta, field)} disagrees with {getattr(prev, field)} in '
-          f'{prev.source}:{prev.row} for the same video'))
+          f'{field} {get(meta)} disagrees with {get(prev)} in {prev.source}:{prev.row} for the same video'))
 
 
 def read_labels(path: str, classes: dict[int, int], problems: list[Problem]):

@@ -280,7 +280,7 @@ def _class_probs(emotion: int) -> np.ndarray:
   return p / p.sum()
 
 
-def _write_video(path, frames_iter, width, height, codec='mpeg4'):
+def _write_video(path, frames_iter, width, height, codec='mpeg4', container_options=None):
   """Encodes RGB frames to an mp4 at FPS. codec 'mpeg4' (default) or 'h264'.
 
   mpeg4 is FFmpeg's own MPEG-4 part 2 encoder at qscale 3: bit-exact for the same frames in any process.
@@ -288,7 +288,7 @@ def _write_video(path, frames_iter, width, height, codec='mpeg4'):
   'h264', encoded as a camera or YouTube would (GOP 2 s, B-frames, CRF 23), is for benchmarks only.
   """
   tmp = path + '.partial'
-  with av.open(tmp, mode='w', format='mp4') as out:
+  with av.open(tmp, mode='w', format='mp4', options=container_options or {}) as out:
     stream = out.add_stream('libx264' if codec == 'h264' else 'mpeg4', rate=FPS)
     stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
     stream.thread_count = 1

@@ -1,0 +1,75 @@
+"""Helpers for tests: small sample data, builds, record comparison."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from tfds_imigue3k import sample as sample_lib
+
+SAMPLE_ARGS = dict(subjects=4, videos_per_subject=2, unlabelled=1, frames=240, width=160, height=96,
+                   cut_prob=0.5, static_prob=0.5, seed=3)
+
+
+def make_sample(manual_dir: str) -> dict:
+  truth = sample_lib.generate(manual_dir, **SAMPLE_ARGS)
+  videos = truth['videos'].values()
+  assert any(v['cuts'] for v in videos) and any(v['static'][1] for v in videos), 'seed lacks a cut or intro'
+  return truth
+
+
+def build(manual_dir: str, data_dir: str, config, **builder_kwargs):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tfds_imigue3k import imigue3k_dataset_builder as b  # pylint: disable=g-import-not-at-top
+  builder = b.Builder(config=config, data_dir=data_dir, **builder_kwargs)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
+                               file_format='array_record')
+  return builder
+
+
+def assert_same_records(a, b):
+  """Two data sources hold the same examples in the same order."""
+  assert len(a) == len(b)
+  for i in range(len(a)):
+    ra, rb = a[i], b[i]
+    assert ra.keys() == rb.keys()
+    for k in ra:
+      if k == 'frames':
+        assert list(ra[k]) == list(rb[k]), (i, k)
+      else:
+        np.testing.assert_array_equal(ra[k], rb[k], err_msg=f'record {i} feature {k}')
+
+
+def write_video(path: str, num_frames: int, width: int = 64, height: int = 48, seed: int = 0, **kw):
+  """A small real video: a moving bright square on a textured background, FFmpeg-encoded."""
+  rng = np.random.default_rng(seed)
+  bg = rng.integers(0, 200, (height, width, 3), dtype=np.uint8)
+
+  def frames():
+    for i in range(num_frames):
+      f = bg.copy()
+      x = (i * 3) % (width - 8)
+      f[height // 3:height // 3 + 8, x:x + 8] = 255
+      yield f
+
+  sample_lib._write_video(path, frames(), width, height, **kw)  # pylint: disable=protected-access
+
+
+def decode_all(path: str, width=None, height=None) -> np.ndarray:
+  import av  # pylint: disable=g-import-not-at-top
+  with av.open(path) as c:
+    return np.stack([f.to_ndarray(format='rgb24', width=width, height=height, interpolation='AREA')
+                     for f in c.decode(video=0)])
+
+
+def assert_frames_match(got: np.ndarray, video: np.ndarray, indices, tol: float = 4.0):
+  """got[j] is video[indices[j]] up to JPEG error, and each is closer to it than to its neighbours."""
+  got, video = got.astype(np.float32), video.astype(np.float32)
+  indices = np.asarray(indices)
+  err = np.abs(got - video[indices]).mean()
+  assert err < tol, f'mean abs error {err:.2f} >= {tol}'
+  for j, i in enumerate(indices):
+    cands = [k for k in range(i - 2, i + 3) if 0 <= k < len(video)]
+    best = cands[int(np.argmin([np.abs(got[j] - video[k]).mean() for k in cands]))]
+    assert best == i, f'frame {j} looks like source frame {best}, expected {i}'
