@@ -44,25 +44,42 @@ def valid_offsets(record: dict, num_frames: int, stride: int) -> int:
   return int(np.clip(last_start - int(record['start_frame']) + 1, 0, int(record['num_frames'])))
 
 
-def read_window(source, index: int, offset: int, num_frames: int, stride: int, record=None) -> np.ndarray:
+def gather(source, index: int, num_frames: int) -> list:
+  """Records from chunk `index` on, same video, until they hold `num_frames` frames or the video ends."""
+  recs = [source[index]]
+  have = int(recs[0]['num_frames'])
+  while have < num_frames:
+    if index + len(recs) >= len(source):
+      break
+    nxt = source[index + len(recs)]
+    last = recs[-1]
+    if nxt['video_id'] != last['video_id'] or int(nxt['chunk_index']) != int(last['chunk_index']) + 1:
+      break
+    recs.append(nxt)
+    have += int(nxt['num_frames'])
+  return recs
+
+
+def concat(recs: list, feature: str) -> np.ndarray:
+  return np.concatenate([np.asarray(r[feature]) for r in recs])
+
+
+def window_jpegs(recs: list, offset: int, num_frames: int, stride: int) -> list:
+  """JPEG bytes of frames offset, offset + stride, ... counted from the start of recs[0]."""
+  frames = [f for r in recs for f in r['frames']]
+  wanted = offset + window_frame_indices(num_frames, stride)
+  if wanted[-1] >= len(frames):
+    r = recs[0]
+    raise ValueError(
+        f'window of {num_frames} frames at stride {stride} from frame {int(r["start_frame"]) + offset} '
+        f'runs past the end of video {r["video_id"]!r} ({int(r["video_num_frames"])} frames)')
+  return [frames[i] for i in wanted]
+
+
+def read_window(source, index: int, offset: int, num_frames: int, stride: int) -> np.ndarray:
   """Decodes frames offset, offset + stride, ... of the chunk at `index`, continuing into later chunks.
 
-  Returns uint8 (num_frames, H, W, 3). `record` may pass source[index] if the caller already read it.
+  Returns uint8 (num_frames, H, W, 3).
   """
-  rec = source[index] if record is None else record
-  wanted = offset + window_frame_indices(num_frames, stride)
-  jpegs, base = [], 0
-  while True:
-    n = int(rec['num_frames'])
-    here = wanted[(wanted >= base) & (wanted < base + n)] - base
-    jpegs.extend(rec['frames'][i] for i in here)
-    if len(jpegs) == num_frames:
-      return decode_jpegs(jpegs)
-    nxt = source[index + 1] if index + 1 < len(source) else None
-    if (nxt is None or nxt['video_id'] != rec['video_id']
-        or int(nxt['chunk_index']) != int(rec['chunk_index']) + 1):
-      raise ValueError(
-          f'window of {num_frames} frames at stride {stride} from frame '
-          f'{int(source[index]["start_frame"]) + offset} runs past the end of video '
-          f'{rec["video_id"]!r} ({int(rec["video_num_frames"])} frames)')
-    index, base, rec = index + 1, base + n, nxt
+  recs = gather(source, index, offset + window_span(num_frames, stride))
+  return decode_jpegs(window_jpegs(recs, offset, num_frames, stride))

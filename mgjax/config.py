@@ -1,0 +1,34 @@
+"""The pretraining config schema with the official VideoMAE recipe as defaults; configs/*.py override it.
+
+Every field can be set on the command line (--config.optim.base_lr=3e-4); the dict is locked, so a
+misspelt field is an error that names it.
+"""
+
+import ml_collections
+
+
+def pretrain_base(size: str) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = dict(size=size, frames=16, image_size=224, patch=16, tubelet=2, decoder_depth=None,
+                 drop_path=0.0, dtype='bfloat16', attention='auto', remat='none', mask_ratio=0.9)
+  c.data = dict(
+      data_dir='',  # empty: generate the sample dataset and build it into the workdir (demo)
+      name='pretrain', split='train', stride=4,
+      sampling='quality', static_motion=5e-5, static_keep=0.1,  # 'uniform' is the ablation
+      scales=(1.0, 0.875, 0.75, 0.66), flip=False, num_repeats=4,
+      workers=8, prefetch=2)
+  c.demo_sample = dict(subjects=8, videos_per_subject=2, frames=500, width=320, height=180, seed=0)
+  c.global_batch = 512
+  c.micro_batches = 1  # gradient accumulation: the global batch in this many sequential pieces
+  c.mesh = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
+  c.optim = dict(base_lr=1.5e-4, min_lr=1e-5, b1=0.9, b2=0.95, weight_decay=0.05, clip_norm=0.0,
+                 warmup_epochs=40.0, warmup_steps=-1)  # warmup_steps >= 0 overrides warmup_epochs
+  c.epochs = 800.0
+  c.total_steps = 0  # > 0 overrides epochs
+  c.checkpoint = dict(every_steps=1000, keep=3, keep_period=0)  # keep_period: also keep every n-th step
+  c.log_every = 50
+  c.viz_every = 5000
+  c.profile_steps = ()  # (start, stop): write a profiler trace of these steps to workdir/profile
+  c.model.decoder_depth = None
+  return c.lock()

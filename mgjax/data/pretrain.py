@@ -1,0 +1,167 @@
+"""grain pipeline for VideoMAE pretraining over the `pretrain` records.
+
+    range(len(records)) -> this process's slice -> seeded global shuffle -> repeat
+      -> sample a window (quality-aware) -> decode once -> R augmented views + tube masks -> batch
+      -> worker processes -> host batch {'video': uint8 (B, T, S, S, 3), 'mask': bool (B, N)}
+
+Every random choice comes from grain's per-element generator, derived from the seed and the element's
+position, so the stream is the same for the same seed and resumes exactly from a saved iterator state.
+Pixels stay uint8 on the host; the model normalises them on the device (4x less to transfer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import grain
+from absl import flags
+import numpy as np
+from PIL import Image
+
+from mgjax.data import records
+
+MAX_TRIES = 64  # samples drawn before a chunk with no acceptable window gives up
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  frames: int = 16
+  stride: int = 4
+  sampling: str = 'quality'  # 'quality' or 'uniform' (the ablation)
+  static_motion: float = 5e-5  # chunks with motion_energy below this are static ...
+  static_keep: float = 0.1  # ... and kept with this probability ('quality' only)
+
+
+def _resample_index(rng: np.random.Generator, n: int) -> int:
+  return int(rng.integers(n))
+
+
+class WindowSampler:
+  """Chooses a window for a record index: the chunk where it starts and the offset in it.
+
+  'quality': a static chunk (build-time motion energy below static_motion) is kept with probability
+  static_keep, and a window never spans a shot cut; a chunk with no acceptable window is replaced by a
+  random other chunk. 'uniform': any window that fits in the video.
+  """
+
+  def __init__(self, source, cfg: SamplingConfig):
+    self.source, self.cfg = source, cfg
+    self.span = records.window_span(cfg.frames, cfg.stride)
+
+  def choose(self, index: int, rng: np.random.Generator):
+    """Returns (records covering the window, offset in the first record)."""
+    cfg = self.cfg
+    for _ in range(MAX_TRIES):
+      first = self.source[index]
+      n_valid = records.valid_offsets(first, cfg.frames, cfg.stride)
+      if n_valid == 0:
+        index = _resample_index(rng, len(self.source))
+        continue
+      if cfg.sampling == 'uniform':
+        offset = int(rng.integers(n_valid))
+        return records.gather(self.source, index, offset + self.span), offset
+      if float(first['motion_energy']) < cfg.static_motion and rng.random() >= cfg.static_keep:
+        index = _resample_index(rng, len(self.source))
+        continue
+      recs = records.gather(self.source, index, n_valid - 1 + self.span)
+      cuts = np.flatnonzero(records.concat(recs, 'cut'))  # cut at c: between frames c-1 and c
+      offsets = np.arange(n_valid)
+      # A window [o, o + span - 1] contains a cut c when o < c <= o + span - 1.
+      ok = ~((cuts[None, :] > offsets[:, None]) & (cuts[None, :] <= offsets[:, None] + self.span - 1)).any(1)
+      if ok.any():
+        return recs, int(rng.choice(offsets[ok]))
+      index = _resample_index(rng, len(self.source))
+    raise RuntimeError(f'no acceptable window found in {MAX_TRIES} tries; are all chunks static or cut? '
+                       f'Try sampling="uniform" or a lower static_motion.')
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+  image_size: int = 224
+  scales: tuple = (1.0, 0.875, 0.75, 0.66)  # multi-scale crop of the short side, as VideoMAE
+  max_distort: int = 1  # crop width and height scales at most this many steps apart
+  flip: bool = False  # the official pretraining recipe does not flip
+  num_repeats: int = 1  # views per decoded clip (VideoMAEv2's repeated augmentation, num_sample)
+
+
+def multiscale_crop_resize(frames: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+  """One crop (size from the scales, random position) for all frames, resized to image_size square."""
+  t, h, w, _ = frames.shape
+  base = min(h, w)
+  sizes = [int(base * s) for s in cfg.scales]
+  pairs = [(cw, ch) for i, ch in enumerate(sizes) for j, cw in enumerate(sizes) if abs(i - j) <= cfg.max_distort]
+  cw, ch = pairs[int(rng.integers(len(pairs)))]
+  x0, y0 = int(rng.integers(w - cw + 1)), int(rng.integers(h - ch + 1))
+  flip = cfg.flip and rng.random() < 0.5
+  out = np.empty((t, cfg.image_size, cfg.image_size, 3), np.uint8)
+  for i in range(t):
+    img = Image.fromarray(frames[i, y0:y0 + ch, x0:x0 + cw]).resize((cfg.image_size, cfg.image_size),
+                                                                     Image.BILINEAR)
+    out[i] = np.asarray(img)
+  return out[:, :, ::-1] if flip else out
+
+
+def tube_mask(rng: np.random.Generator, grid: tuple[int, int, int], ratio: float) -> np.ndarray:
+  """bool (t*h*w,), True = masked: int(ratio * h * w) spatial positions, the same for every time slot."""
+  t, h, w = grid
+  spatial = np.zeros(h * w, bool)
+  spatial[rng.permutation(h * w)[:int(ratio * h * w)]] = True
+  return np.tile(spatial, t)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  data_dir: str
+  config: str = 'pretrain'
+  split: str = 'train'
+  seed: int = 0
+  global_batch: int = 32
+  sampling: SamplingConfig = SamplingConfig()
+  augment: AugmentConfig = AugmentConfig()
+  grid: tuple = (8, 14, 14)  # token grid of the model: (frames / tubelet, size / patch, size / patch)
+  mask_ratio: float = 0.9
+  workers: int = 0  # grain worker processes; 0: in this process
+  prefetch: int = 2  # batches buffered per worker
+
+
+class ClipMaker:
+  """index, rng -> {'video': (R, T, S, S, 3) uint8, 'mask': (R, N) bool}: one decode, R views."""
+
+  def __init__(self, source, cfg: PipelineConfig):
+    self.sampler = WindowSampler(source, cfg.sampling)
+    self.cfg = cfg
+
+  def __call__(self, index, rng: np.random.Generator):
+    cfg, s = self.cfg, self.cfg.sampling
+    recs, offset = self.sampler.choose(int(index), rng)
+    frames = records.decode_jpegs(records.window_jpegs(recs, offset, s.frames, s.stride))
+    views = [multiscale_crop_resize(frames, cfg.augment, rng) for _ in range(cfg.augment.num_repeats)]
+    masks = [tube_mask(rng, cfg.grid, cfg.mask_ratio) for _ in range(cfg.augment.num_repeats)]
+    return {'video': np.stack(views), 'mask': np.stack(masks)}
+
+
+def _flatten_repeats(batch):
+  return {k: v.reshape((-1,) + v.shape[2:]) for k, v in batch.items()}
+
+
+def make_dataset(cfg: PipelineConfig, process_index: int = 0, process_count: int = 1,
+                 source=None) -> grain.IterDataset:
+  """The per-process stream of host batches of global_batch / process_count clips."""
+  if source is None:
+    source = records.data_source(cfg.data_dir, cfg.config, cfg.split)
+  repeats = cfg.augment.num_repeats
+  per_process = cfg.global_batch // process_count
+  if cfg.global_batch % process_count or per_process % repeats:
+    raise ValueError(f'global_batch {cfg.global_batch} must split into {process_count} processes and '
+                     f'then into groups of num_repeats={repeats}')
+  ds = grain.MapDataset.range(len(source))
+  ds = ds[process_index::process_count]
+  ds = ds.seed(cfg.seed).shuffle().repeat(None)
+  ds = ds.random_map(ClipMaker(source, cfg))
+  ds = ds.batch(per_process // repeats, drop_remainder=True).map(_flatten_repeats)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  if cfg.workers > 0:
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app use defaults
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers,
+                                                     per_worker_buffer_size=cfg.prefetch))
+  return it

@@ -1,0 +1,160 @@
+"""VideoMAE pretraining model (Tong et al. 2022): ViT encoder over visible tokens + light decoder.
+
+Shapes follow REFERENCE.md section 2. Module and parameter names follow the official checkpoint
+(encoder.patch_embed, encoder.blocks.{i}.attn.qkv, ..., encoder_to_decoder, mask_token, decoder.head).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mgjax.models import vit
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+# name: (dim, depth, heads, decoder dim, decoder heads, decoder depth of the official scripts (L and H: 12))
+SIZES = {
+    'T': (64, 2, 2, 32, 2, 1),  # tests
+    'S': (384, 12, 6, 192, 3, 4),
+    'B': (768, 12, 12, 384, 6, 4),
+    'L': (1024, 24, 16, 512, 8, 12),
+    'H': (1280, 32, 16, 640, 8, 12),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  size: str = 'B'
+  frames: int = 16
+  image_size: int = 224
+  patch: int = 16
+  tubelet: int = 2
+  decoder_depth: Optional[int] = None  # None: the official depth for the size
+  drop_path: float = 0.0
+  dtype: str = 'bfloat16'
+  attention: str = 'auto'  # 'auto' (XLA picks), 'xla', 'cudnn'
+  remat: str = 'none'  # 'none', 'full', 'dots'
+  mask_ratio: float = 0.9  # tube masking: int(ratio * h * w) positions per frame slot, same for all slots
+
+  @property
+  def grid(self) -> tuple[int, int, int]:
+    return self.frames // self.tubelet, self.image_size // self.patch, self.image_size // self.patch
+
+  @property
+  def num_tokens(self) -> int:
+    t, h, w = self.grid
+    return t * h * w
+
+  @property
+  def num_masked(self) -> int:
+    t, h, w = self.grid
+    return int(self.mask_ratio * h * w) * t
+
+  @property
+  def patch_dim(self) -> int:
+    return self.tubelet * self.patch * self.patch * 3
+
+
+class Encoder(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    dim, depth, heads = SIZES[cfg.size][:3]
+    dtype = jnp.dtype(cfg.dtype)
+    self.patch_embed = vit.PatchEmbed(dim, cfg.patch, cfg.tubelet, dtype=dtype, rngs=rngs)
+    self.blocks = vit.make_blocks(dim, depth, heads, drop_path=cfg.drop_path, dtype=dtype,
+                                  attention=cfg.attention, rngs=rngs)
+    self.norm = nnx.LayerNorm(dim, epsilon=vit.LN_EPS, dtype=dtype, rngs=rngs)
+    self.num_tokens, self.dim, self.remat = cfg.num_tokens, dim, cfg.remat
+
+  def __call__(self, patches, visible: Optional[jax.Array] = None, key=None):
+    """patches (B, N, P); visible (B, V) token indices, or None for all tokens."""
+    x = self.patch_embed(patches)
+    x = x + vit.sinusoid_table(self.num_tokens, self.dim).astype(x.dtype)  # fixed table, not a Param
+    if visible is not None:
+      x = jnp.take_along_axis(x, visible[..., None], axis=1)
+    return self.norm(vit.run_blocks(self.blocks, x, key, self.remat))
+
+
+class Decoder(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    _, _, _, dim, heads, depth = SIZES[cfg.size]
+    depth = cfg.decoder_depth if cfg.decoder_depth is not None else depth
+    dtype = jnp.dtype(cfg.dtype)
+    self.blocks = vit.make_blocks(dim, depth, heads, drop_path=0.0, dtype=dtype, attention=cfg.attention,
+                                  rngs=rngs)
+    self.remat = cfg.remat
+    self.norm = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)  # PyTorch default, as official
+    self.head = nnx.Linear(dim, cfg.patch_dim, kernel_init=nnx.initializers.xavier_uniform(), dtype=dtype,
+                           rngs=rngs)
+
+  def __call__(self, x, num_masked: int):
+    x = vit.run_blocks(self.blocks, x, remat=self.remat)
+    return self.head(self.norm(x[:, -num_masked:]))
+
+
+class VideoMAE(nnx.Module):
+  """(video uint8 (B,T,H,W,3), mask bool (B,N), True = masked) -> (prediction, target) of the masked tokens.
+
+  Every clip's mask has cfg.num_masked True entries (tube masking guarantees it).
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    dec_dim = SIZES[cfg.size][3]
+    self.encoder = Encoder(cfg, rngs=rngs)
+    self.encoder_to_decoder = nnx.Linear(SIZES[cfg.size][0], dec_dim, use_bias=False,
+                                         kernel_init=nnx.initializers.xavier_uniform(),
+                                         dtype=jnp.dtype(cfg.dtype), rngs=rngs)
+    self.mask_token = nnx.Param(jax.random.truncated_normal(rngs.params(), -2, 2, (1, 1, dec_dim)) * 0.02)
+    self.decoder = Decoder(cfg, rngs=rngs)
+
+  def __call__(self, video, mask, key=None):
+    cfg = self.cfg
+    x = video.astype(jnp.float32) / 255.0
+    normed = (x - IMAGENET_MEAN) / IMAGENET_STD
+    patches = vit.patchify(normed, cfg.patch, cfg.tubelet)
+    num_masked = cfg.num_masked
+    # Visible tokens first, then masked ones, each in token order (a stable sort of the mask).
+    order = jnp.argsort(mask.astype(jnp.int32), axis=1, stable=True)
+    visible, masked = order[:, :-num_masked], order[:, -num_masked:]
+    enc = self.encoder(patches, visible, key)
+    dtype = enc.dtype
+    y = self.encoder_to_decoder(enc)
+    pos = jnp.asarray(vit.sinusoid_table(cfg.num_tokens, y.shape[-1]), dtype)
+    y_vis = y + pos[visible]
+    y_mask = jnp.broadcast_to(self.mask_token[...].astype(dtype), (y.shape[0], num_masked, y.shape[-1]))
+    y_mask = y_mask + pos[masked]
+    pred = self.decoder(jnp.concatenate([y_vis, y_mask], axis=1), num_masked)
+    target = jnp.take_along_axis(normalized_pixel_target(x, cfg.patch, cfg.tubelet), masked[..., None], axis=1)
+    return pred.astype(jnp.float32), target
+
+
+def normalized_pixel_target(x01, patch: int, tubelet: int):
+  """Per token and per channel: pixels in [0, 1] minus their mean, over (unbiased std + 1e-6).
+
+  x01: (B, T, H, W, C) in [0, 1]. Returns (B, N, kt*p*p*C) flattened channel-last, as the official code.
+  """
+  t = vit.patchify(x01, patch, tubelet)
+  b, n, _ = t.shape
+  c = x01.shape[-1]
+  t = t.reshape(b, n, -1, c)
+  mean = t.mean(axis=2, keepdims=True)
+  std = jnp.sqrt(t.var(axis=2, keepdims=True, ddof=1))
+  return ((t - mean) / (std + 1e-6)).reshape(b, n, -1)
+
+
+def loss_fn(pred, target):
+  """MSE over the masked tokens (pred and target hold only those)."""
+  return jnp.mean((pred - target) ** 2)
+
+
+def count_params(module) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))

@@ -1,0 +1,238 @@
+"""The pretraining loop, read top to bottom: mesh, input, model, state (restore or init), step, loop.
+
+    train_and_evaluate(config, workdir)
+
+A second run with the same workdir resumes from its latest checkpoint; SIGTERM saves and exits; a
+non-finite loss stops the run before the bad state can be saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from mgjax.data import pretrain as pipeline
+from mgjax.data import records
+from mgjax.models.videomae import ModelConfig
+from mgjax.train import checkpoint as ckpt
+from mgjax.train import metrics as metrics_lib
+from mgjax.train import optim
+from mgjax.train import sharding
+from mgjax.train import step as step_lib
+from mgjax.train import viz
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def model_config(config) -> ModelConfig:
+  return ModelConfig(**config.model.to_dict())
+
+
+def pipeline_config(config, data_dir: str, model_cfg: ModelConfig) -> pipeline.PipelineConfig:
+  d = config.data
+  return pipeline.PipelineConfig(
+      data_dir=data_dir, config=d.name, split=d.split, seed=config.seed, global_batch=config.global_batch,
+      sampling=pipeline.SamplingConfig(frames=model_cfg.frames, stride=d.stride, sampling=d.sampling,
+                                       static_motion=d.static_motion, static_keep=d.static_keep),
+      augment=pipeline.AugmentConfig(image_size=model_cfg.image_size, scales=tuple(d.scales), flip=d.flip,
+                                     num_repeats=d.num_repeats),
+      grid=model_cfg.grid, mask_ratio=model_cfg.mask_ratio, workers=d.workers, prefetch=d.prefetch)
+
+
+def prepare_demo_data(workdir: str, sample_args: dict) -> str:
+  """Generates the sample dataset and builds its pretrain records into workdir/demo_data (once)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tfds_imigue3k import imigue3k_dataset_builder as builder_lib  # pylint: disable=g-import-not-at-top
+  from tfds_imigue3k import sample  # pylint: disable=g-import-not-at-top
+  root = os.path.join(workdir, 'demo_data')
+  manual, data = os.path.join(root, 'manual'), os.path.join(root, 'records')
+  if jax.process_index() == 0:
+    if not os.path.exists(os.path.join(manual, 'sample_truth.json')):
+      logging.info('No data_dir given: generating the sample dataset in %s', manual)
+      sample.generate(manual, **sample_args)
+    builder = builder_lib.Builder(config='pretrain', data_dir=data)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual),
+                                 file_format='array_record')
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('demo data ready')
+  return data
+
+
+def git_revision() -> str:
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    rev = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=here, capture_output=True, text=True, check=True)
+    dirty = subprocess.run(['git', 'status', '--porcelain'], cwd=here, capture_output=True, text=True)
+    return rev.stdout.strip() + ('+uncommitted' if dirty.stdout.strip() else '')
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
+
+
+def _bytes_per_device(tree) -> int:
+  return sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(tree))
+
+
+def memory_report(compiled, state) -> dict:
+  ma = compiled.memory_analysis()
+  rep = {'param_bytes_per_device': _bytes_per_device(state['params']),
+         'optimizer_bytes_per_device': _bytes_per_device(state['opt_state'])}
+  if ma is not None:
+    rep.update(argument_bytes=int(ma.argument_size_in_bytes), output_bytes=int(ma.output_size_in_bytes),
+               activation_temp_bytes=int(ma.temp_size_in_bytes))
+  return rep
+
+
+class _Preemption:
+  """SIGTERM sets a flag; the loop saves at the next step boundary and exits."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM: saving a checkpoint at the next step, then exiting.')
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._old)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  os.makedirs(workdir, exist_ok=True)
+  # ---- Mesh.
+  mesh = sharding.make_mesh(tuple(config.mesh))
+  logging.info('Mesh %s over %d devices (%d processes)', dict(mesh.shape), jax.device_count(),
+               jax.process_count())
+
+  # ---- Input.
+  model_cfg = model_config(config)
+  data_dir = config.data.data_dir or prepare_demo_data(workdir, config.demo_sample.to_dict())
+  source = records.data_source(data_dir, config.data.name, config.data.split)
+  pcfg = pipeline_config(config, data_dir, model_cfg)
+  steps_per_epoch = max(1, len(source) * config.data.num_repeats // config.global_batch)
+  total_steps = config.total_steps or int(config.epochs * steps_per_epoch)
+  warmup = config.optim.warmup_steps if config.optim.warmup_steps >= 0 else int(
+      config.optim.warmup_epochs * steps_per_epoch)
+  dataset = pipeline.make_dataset(pcfg, jax.process_index(), jax.process_count(), source=source)
+  data_iter = iter(dataset)
+
+  # ---- Model, optimizer, state.
+  fns = step_lib.ModelFns.create(model_cfg)
+  o = config.optim
+  lr_fn = optim.schedule(base_lr=o.base_lr, min_lr=o.min_lr, global_batch=config.global_batch,
+                         warmup_steps=warmup, total_steps=total_steps)
+  tx = optim.make_optimizer(lr_fn, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, clip_norm=o.clip_norm)
+  abstract, _ = step_lib.abstract_state(fns, tx)
+  shardings = step_lib.state_shardings(mesh, abstract)
+  c = config.checkpoint
+  mngr = ckpt.make_manager(workdir, every_steps=c.every_steps, keep=c.keep, keep_period=c.keep_period)
+  if mngr.latest_step() is not None:
+    state, start, iter_ok = ckpt.restore(mngr, abstract, shardings, data_iter)
+    if not iter_ok:  # a deterministic new position: the same seed, offset by the step
+      data_iter = iter(pipeline.make_dataset(
+          pipeline.dataclasses.replace(pcfg, seed=config.seed + start), jax.process_index(),
+          jax.process_count(), source=source))
+    logging.info('Resumed from step %d in %s', start, workdir)
+  else:
+    state, _ = step_lib.create_state(fns, tx, mesh, config.seed)
+    start = 0
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state['params']))
+  logging.info('Model %s: %.2fM parameters; %d steps (%d per epoch), warmup %d', model_cfg.size,
+               n_params / 1e6, total_steps, steps_per_epoch, warmup)
+
+  # ---- Step.
+  micro = config.micro_batches
+  train_step = step_lib.make_train_step(fns, tx, lr_fn, drop_path=model_cfg.drop_path > 0)
+  jitted, batch_shardings = step_lib.jit_train_step(train_step, mesh, shardings, {'video': 6, 'mask': 3})
+  base_key = jax.random.key(config.seed)
+  writer = metrics_lib.MetricWriter(workdir)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+    with open(os.path.join(workdir, 'run_info.json'), 'w') as f:
+      json.dump({'git_revision': git_revision(), 'mesh': dict(mesh.shape), 'devices': jax.device_count(),
+                 'processes': jax.process_count(), 'parameters': n_params, 'total_steps': total_steps}, f,
+                indent=2)
+  preempt = _Preemption()
+  eval_recon = jax.jit(lambda p, v, m: fns.module(p)(v, m)[0])
+
+  # ---- Loop.
+  history = []
+  t_last, step_last = time.time(), start
+  compiled = None
+  try:
+    for step in range(start, total_steps):
+      if config.profile_steps and step == config.profile_steps[0]:
+        jax.profiler.start_trace(os.path.join(workdir, 'profile'))
+      host = next(data_iter)
+      batch = step_lib.to_global(host, micro, batch_shardings)
+      key = jax.random.fold_in(base_key, step)
+      if compiled is None:
+        compiled = jitted.lower(state, batch, key).compile()
+        rep = memory_report(compiled, state)
+        logging.info('Memory per device: %s', ', '.join(f'{k} {v / 2**20:.1f} MiB' for k, v in rep.items()))
+        if jax.process_index() == 0:
+          with open(os.path.join(workdir, 'memory.json'), 'w') as f:
+            json.dump(rep, f, indent=2)
+      state, m = compiled(state, batch, key)
+      done = step + 1
+      if config.profile_steps and done == config.profile_steps[1]:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+      m = jax.device_get(m)
+      if not bool(m['finite']):
+        raise NonFiniteLossError(
+            f'non-finite loss ({float(m["loss"])}) or gradient norm ({float(m["grad_norm"])}) at step {done}; '
+            f'the update was not applied and nothing after the last checkpoint '
+            f'(step {mngr.latest_step()}) was saved. Lower the learning rate or enable clipping '
+            f'(--config.optim.clip_norm).')
+      history.append(float(m['loss']))
+      writer.scalars(done, {'loss': m['loss'], 'grad_norm': m['grad_norm'], 'lr': m['lr']})
+      if done % config.log_every == 0 or done == total_steps:
+        now = time.time()
+        rate = (done - step_last) * config.global_batch / max(now - t_last, 1e-9)
+        metrics_lib.console(done, total_steps, float(m['loss']), float(m['lr']), rate,
+                            (total_steps - done) * config.global_batch / max(rate, 1e-9))
+        writer.scalars(done, {'clips_per_s': rate})
+        t_last, step_last = now, done
+      if config.viz_every and jax.process_count() == 1 and (done % config.viz_every == 0 or done == total_steps):
+        _write_reconstruction(workdir, writer, done, eval_recon, state['params'], host, model_cfg, mesh)
+      if preempt.requested:
+        ckpt.save(mngr, done, state, data_iter, force=True)
+        mngr.wait_until_finished()
+        logging.warning('Saved step %d after SIGTERM; exiting.', done)
+        return {'steps': done, 'losses': history, 'preempted': True}
+      ckpt.save(mngr, done, state, data_iter, force=done == total_steps)
+    mngr.wait_until_finished()
+  finally:
+    preempt.restore()
+    writer.close()
+    mngr.close()
+  return {'steps': total_steps, 'losses': history, 'preempted': False}
+
+
+def _write_reconstruction(workdir, writer, step, eval_recon, params, host, model_cfg, mesh):
+  n = min(4, host['video'].shape[0])
+  video, mask = host['video'][:n], host['mask'][:n]
+  rep = sharding.replicated(mesh)
+  pred = np.asarray(jax.device_get(eval_recon(params, jax.device_put(jnp.asarray(video), rep),
+                                              jax.device_put(jnp.asarray(mask), rep))))
+  grid = viz.reconstruction_grid(video, mask, pred, model_cfg)
+  if jax.process_index() == 0:
+    os.makedirs(os.path.join(workdir, 'reconstructions'), exist_ok=True)
+    Image.fromarray(grid).save(os.path.join(workdir, 'reconstructions', f'step_{step:07d}.png'))
+    writer.image(step, 'reconstruction', grid)

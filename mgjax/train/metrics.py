@@ -1,0 +1,65 @@
+"""Where metrics go: the console (absl logging), metrics.jsonl and TensorBoard event files (tensorboardX,
+no TensorFlow). Only process 0 writes files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+
+class MetricWriter:
+
+  def __init__(self, workdir: str):
+    self.enabled = jax.process_index() == 0
+    self._jsonl = None
+    self._tb = None
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def scalars(self, step: int, values: dict):
+    if not self.enabled:
+      return
+    values = {k: float(v) for k, v in values.items()}
+    self._jsonl.write(json.dumps({'step': int(step), **values}) + '\n')
+    self._jsonl.flush()
+    for k, v in values.items():
+      self._tb.add_scalar(k, v, step)
+
+  def image(self, step: int, name: str, image: np.ndarray):
+    if self.enabled:
+      self._tb.add_image(name, image, step, dataformats='HWC')
+
+  def text(self, name: str, text: str):
+    if self.enabled:
+      self._tb.add_text(name, text, 0)
+
+  def flush(self):
+    if self.enabled:
+      self._tb.flush()
+
+  def close(self):
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def console(step: int, total: int, loss: float, lr: float, clips_per_s: float, eta_s: float):
+  logging.info('step %d/%d  loss %.4f  lr %.3g  %.1f clips/s  ETA %s', step, total, loss, lr, clips_per_s,
+               _hms(eta_s))
+
+
+def _hms(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+def read_jsonl(path: str) -> list:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

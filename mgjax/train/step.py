@@ -1,0 +1,112 @@
+"""The model as pure functions of a parameter pytree, the train state, and the jitted train step.
+
+The NNX module is split once (graphdef + a template state); inside jit the step merges it back from the
+parameter dict, so the hot path handles plain pytrees only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from mgjax.models import videomae
+from mgjax.train import sharding
+
+
+@dataclasses.dataclass
+class ModelFns:
+  cfg: videomae.ModelConfig
+  graphdef: nnx.GraphDef
+  template: nnx.State  # abstract parameter state: the structure to merge a parameter dict into
+
+  @classmethod
+  def create(cls, cfg: videomae.ModelConfig) -> 'ModelFns':
+    graphdef, template = nnx.split(nnx.eval_shape(lambda: videomae.VideoMAE(cfg, rngs=nnx.Rngs(0))))
+    return cls(cfg, graphdef, template)
+
+  def init(self, seed: int) -> dict:
+    return nnx.state(videomae.VideoMAE(self.cfg, rngs=nnx.Rngs(seed)), nnx.Param).to_pure_dict()
+
+  def module(self, params: dict) -> videomae.VideoMAE:
+    state = jax.tree.map(lambda x: x, self.template)
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(self.graphdef, state)
+
+  def loss(self, params, video, mask, key=None):
+    pred, target = self.module(params)(video, mask, key)
+    return videomae.loss_fn(pred, target)
+
+
+def abstract_state(fns: ModelFns, tx: optax.GradientTransformation):
+  def init(seed):
+    params = fns.init(seed)
+    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+  return jax.eval_shape(lambda: init(0)), init
+
+
+def state_shardings(mesh, abstract):
+  return sharding.tree_shardings(mesh, abstract)
+
+
+def create_state(fns: ModelFns, tx, mesh, seed: int):
+  """Initialises the train state directly into its shardings (never whole on one device)."""
+  abstract, init = abstract_state(fns, tx)
+  shardings = state_shardings(mesh, abstract)
+  return jax.jit(init, static_argnums=0, out_shardings=shardings)(seed), shardings
+
+
+def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, lr_fn: Callable, drop_path: bool):
+  """step(state, batch, key) -> (state, metrics). batch leaves: (micro_batches, batch / micro, ...).
+
+  Gradients are averaged over the micro-batches, then applied once: the same update as the full batch.
+  A non-finite loss or gradient leaves the state as it was and reports finite=False.
+  """
+
+  def step(state, batch, key):
+    params = state['params']
+    num_micro = jax.tree.leaves(batch)[0].shape[0]
+
+    def micro(carry, xs):
+      grads_sum, loss_sum = carry
+      mb, i = xs
+      k = jax.random.fold_in(key, i) if drop_path else None
+      loss, grads = jax.value_and_grad(fns.loss)(params, mb['video'], mb['mask'], k)
+      return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + loss), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (grads, loss), _ = jax.lax.scan(micro, (zeros, jnp.zeros((), jnp.float32)),
+                                    (batch, jnp.arange(num_micro)))
+    grads = jax.tree.map(lambda g: g / num_micro, grads)
+    loss = loss / num_micro
+    updates, opt_state = tx.update(grads, state['opt_state'], params)
+    new = {'step': state['step'] + 1, 'params': optax.apply_updates(params, updates), 'opt_state': opt_state}
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    metrics = {'loss': loss, 'grad_norm': grad_norm, 'lr': lr_fn(state['step']), 'finite': finite}
+    return new, metrics
+
+  return step
+
+
+def jit_train_step(step_fn, mesh, shardings, batch_ndims: dict):
+  batch_shardings = {k: sharding.batch_sharding(mesh, n, leading_unsharded=1) for k, n in batch_ndims.items()}
+  rep = sharding.replicated(mesh)
+  return jax.jit(step_fn, in_shardings=(shardings, batch_shardings, rep),
+                 out_shardings=(shardings, rep), donate_argnums=(0,)), batch_shardings
+
+
+def to_global(batch: dict, micro_batches: int, batch_shardings: dict) -> dict:
+  """Host batch (this process's clips) -> global arrays (micro_batches, global / micro, ...)."""
+  out = {}
+  for k, v in batch.items():
+    v = np.asarray(v)
+    v = v.reshape((micro_batches, v.shape[0] // micro_batches) + v.shape[1:])
+    out[k] = jax.make_array_from_process_local_data(batch_shardings[k], v)
+  return out
