@@ -125,3 +125,32 @@ def test_run_writes_what_users_look_at(built, tmp_path):
 def test_misspelt_config_key_is_an_error_naming_it(built, tmp_path):
   out = _run(_cmd(built, str(tmp_path / 'run'), 2, '--config.optim.base_lrr=1.0'))
   assert out.returncode != 0 and 'base_lrr' in out.stderr
+
+
+def _free_port():
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_over_localhost_match_one_process(built, tmp_path):
+  """Real multi-process JAX: 2 processes x 4 CPU devices (gloo) form one 8-device mesh."""
+  steps = 5
+  ref = str(tmp_path / 'one')
+  out = _run(_cmd(built, ref, steps))
+  assert out.returncode == 0, out.stderr[-3000:]
+  run = str(tmp_path / 'two')
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  procs = [subprocess.Popen(_cmd(built, run, steps, f'--coordinator=127.0.0.1:{port}', '--num_processes=2',
+                                 f'--process_id={i}'), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  errs = [p.communicate(timeout=600)[1] for p in procs]
+  for p, err in zip(procs, errs):
+    assert p.returncode == 0, err[-3000:]
+  assert 'process 0 of 2' in errs[0] and 'process 1 of 2' in errs[1] and '8 devices' in errs[0]
+  want, got = _losses(ref), _losses(run)
+  assert sorted(got) == list(range(1, steps + 1))
+  np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5)
+  assert _checkpoints(run)[-1] == steps

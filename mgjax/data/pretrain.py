@@ -1,11 +1,13 @@
 """grain pipeline for VideoMAE pretraining over the `pretrain` records.
 
-    range(len(records)) -> this process's slice -> seeded global shuffle -> repeat
-      -> sample a window (quality-aware) -> decode once -> R augmented views + tube masks -> batch
-      -> worker processes -> host batch {'video': uint8 (B, T, S, S, 3), 'mask': bool (B, N)}
+    seeded global shuffle of the records, repeated (reshuffled each epoch)
+      -> this process's slice of each global batch -> sample a window (quality-aware) -> decode once
+      -> R augmented views + tube masks -> batch -> worker processes
+      -> host batch {'video': uint8 (B, T, S, S, 3), 'mask': bool (B, N)}
 
-Every random choice comes from grain's per-element generator, derived from the seed and the element's
-position, so the stream is the same for the same seed and resumes exactly from a saved iterator state.
+Every random choice comes from a generator seeded with (seed, global position), so the global stream is
+the same for the same seed whatever the numbers of processes and workers, and resumes exactly from a
+saved iterator state.
 Pixels stay uint8 on the host; the model normalises them on the device (4x less to transfer).
 """
 
@@ -124,19 +126,37 @@ class PipelineConfig:
 
 
 class ClipMaker:
-  """index, rng -> {'video': (R, T, S, S, 3) uint8, 'mask': (R, N) bool}: one decode, R views."""
+  """Global position g -> {'video': (R, T, S, S, 3) uint8, 'mask': (R, N) bool}: one decode, R views.
+
+  The record comes from the global shuffled order, and every random choice from a generator seeded with
+  (seed, g): a clip depends on its position in the global stream only, never on which process or worker
+  makes it.
+  """
 
   def __init__(self, source, cfg: PipelineConfig):
     self.sampler = WindowSampler(source, cfg.sampling)
+    self.order = grain.MapDataset.range(len(source)).seed(cfg.seed).shuffle().repeat(None)
     self.cfg = cfg
 
-  def __call__(self, index, rng: np.random.Generator):
+  def __call__(self, g: int):
     cfg, s = self.cfg, self.cfg.sampling
-    recs, offset = self.sampler.choose(int(index), rng)
+    rng = np.random.default_rng((cfg.seed, int(g)))
+    recs, offset = self.sampler.choose(int(self.order[int(g)]), rng)
     frames = records.decode_jpegs(records.window_jpegs(recs, offset, s.frames, s.stride))
     views = [multiscale_crop_resize(frames, cfg.augment, rng) for _ in range(cfg.augment.num_repeats)]
     masks = [tube_mask(rng, cfg.grid, cfg.mask_ratio) for _ in range(cfg.augment.num_repeats)]
     return {'video': np.stack(views), 'mask': np.stack(masks)}
+
+
+class _ProcessSlice:
+  """This process's j-th element -> its global position: each global batch is cut into process_count
+  consecutive slices, so global batches are the same whatever the number of processes."""
+
+  def __init__(self, per_process: int, process_index: int, process_count: int):
+    self.per, self.index, self.count = per_process, process_index, process_count
+
+  def __call__(self, j: int) -> int:
+    return (j // self.per) * self.per * self.count + self.index * self.per + j % self.per
 
 
 def _flatten_repeats(batch):
@@ -153,11 +173,10 @@ def make_dataset(cfg: PipelineConfig, process_index: int = 0, process_count: int
   if cfg.global_batch % process_count or per_process % repeats:
     raise ValueError(f'global_batch {cfg.global_batch} must split into {process_count} processes and '
                      f'then into groups of num_repeats={repeats}')
-  ds = grain.MapDataset.range(len(source))
-  ds = ds[process_index::process_count]
-  ds = ds.seed(cfg.seed).shuffle().repeat(None)
-  ds = ds.random_map(ClipMaker(source, cfg))
-  ds = ds.batch(per_process // repeats, drop_remainder=True).map(_flatten_repeats)
+  per = per_process // repeats  # decoded windows per process per batch
+  ds = grain.MapDataset.range(2**62).map(_ProcessSlice(per, process_index, process_count))
+  ds = ds.map(ClipMaker(source, cfg))
+  ds = ds.batch(per, drop_remainder=True).map(_flatten_repeats)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if cfg.workers > 0:
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app use defaults

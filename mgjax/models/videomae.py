@@ -22,6 +22,7 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 # name: (dim, depth, heads, decoder dim, decoder heads, decoder depth of the official scripts (L and H: 12))
 SIZES = {
     'T': (64, 2, 2, 32, 2, 1),  # tests
+    'XS': (128, 4, 4, 64, 2, 2),  # the CPU demo
     'S': (384, 12, 6, 192, 3, 4),
     'B': (768, 12, 12, 384, 6, 4),
     'L': (1024, 24, 16, 512, 8, 12),

@@ -218,6 +218,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return {'steps': done, 'losses': history, 'preempted': True}
       ckpt.save(mngr, done, state, data_iter, force=done == total_steps)
     mngr.wait_until_finished()
+    if len(history) >= 20:
+      k = max(10, len(history) // 10)
+      logging.info('Done: mean loss of the first %d steps of this run %.4f, of the last %d %.4f. '
+                   'Checkpoint: %s', k, np.mean(history[:k]), k, np.mean(history[-k:]),
+                   os.path.join(workdir, 'checkpoints', str(total_steps)))
   finally:
     preempt.restore()
     writer.close()

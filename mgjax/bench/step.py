@@ -1,0 +1,97 @@
+r"""Train-step benchmark: compiles the pretraining step of a config and times it on random data.
+
+    python -m mgjax.bench.step --config=configs/vmae_l.py [--batch=32] [--steps=20] [--config.model.attention=cudnn]
+
+Prints clips/s, achieved TFLOP/s by the FLOP model of REFERENCE.md section 4 (forward x 3, visible tokens
+through the encoder, all tokens through the decoder) and MFU against the chip's dense bf16 datasheet peak.
+The last line reads `clips/s: X  TFLOP/s: Y  MFU: Z%`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from mgjax.data import pretrain
+from mgjax.models import videomae
+from mgjax.train import optim, sharding, step as step_lib
+
+flags.DEFINE_integer('batch', 32, 'Global batch (clips per step).')
+flags.DEFINE_integer('steps', 20, 'Timed steps, after 3 warm-up steps.')
+flags.DEFINE_float('peak_tflops', 0.0, 'Override the datasheet peak (dense bf16 TFLOP/s per chip).')
+config_flags.DEFINE_config_file('config', None, 'Pretraining config.', lock_config=True)
+FLAGS = flags.FLAGS
+
+# Dense bf16 datasheet peaks, TFLOP/s per chip (REFERENCE.md section 4).
+PEAKS = (('H200', 989.0), ('H100', 989.0), ('v6', 918.0), ('v5p', 459.0), ('v5 lite', 197.0), ('v5e', 197.0),
+         ('v4', 275.0))
+
+
+def layer_flops(n: int, w: int) -> float:
+  return 24 * n * w * w + 4 * n * n * w
+
+
+def flops_per_clip(cfg: videomae.ModelConfig) -> float:
+  """One training step's FLOPs per clip: 3 x forward (REFERENCE.md section 4)."""
+  dim, depth, _, ddim, _, ddepth = videomae.SIZES[cfg.size]
+  ddepth = cfg.decoder_depth if cfg.decoder_depth is not None else ddepth
+  n, p = cfg.num_tokens, cfg.patch_dim
+  v = n - cfg.num_masked
+  fwd = (2 * v * p * dim + depth * layer_flops(v, dim) + 2 * v * dim * ddim + ddepth * layer_flops(n, ddim)
+         + 2 * (n - v) * ddim * p)
+  return 3.0 * fwd
+
+
+def device_peak(device) -> float:
+  kind = device.device_kind
+  for name, peak in PEAKS:
+    if name.lower() in kind.lower():
+      return peak
+  return 0.0
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  cfg = videomae.ModelConfig(**config.model.to_dict())
+  mesh = sharding.make_mesh(tuple(config.mesh))
+  fns = step_lib.ModelFns.create(cfg)
+  lr = optim.schedule(base_lr=config.optim.base_lr, min_lr=config.optim.min_lr, global_batch=FLAGS.batch,
+                      warmup_steps=10, total_steps=1000)
+  tx = optim.make_optimizer(lr, b1=config.optim.b1, b2=config.optim.b2, weight_decay=config.optim.weight_decay)
+  state, shardings = step_lib.create_state(fns, tx, mesh, seed=0)
+  jitted, bsh = step_lib.jit_train_step(step_lib.make_train_step(fns, tx, lr, drop_path=cfg.drop_path > 0),
+                                        mesh, shardings, {'video': 6, 'mask': 3})
+  rng = np.random.default_rng(0)
+  host = {'video': rng.integers(0, 256, (FLAGS.batch, cfg.frames, cfg.image_size, cfg.image_size, 3), np.uint8),
+          'mask': np.stack([pretrain.tube_mask(rng, cfg.grid, cfg.mask_ratio) for _ in range(FLAGS.batch)])}
+  batch = step_lib.to_global(host, config.micro_batches, bsh)
+  key = jax.random.key(0)
+  t0 = time.perf_counter()
+  compiled = jitted.lower(state, batch, key).compile()
+  print(f'compiled in {time.perf_counter() - t0:.1f}s on {jax.device_count()} x {jax.devices()[0].device_kind} '
+        f'({jax.default_backend()}), mesh {dict(mesh.shape)}, batch {FLAGS.batch}, '
+        f'attention {cfg.attention}, dtype {cfg.dtype}, remat {cfg.remat}')
+  for _ in range(3):
+    state, m = compiled(state, batch, key)
+  jax.block_until_ready(m['loss'])
+  t0 = time.perf_counter()
+  for _ in range(FLAGS.steps):
+    state, m = compiled(state, batch, key)
+  jax.block_until_ready(m['loss'])
+  dt = (time.perf_counter() - t0) / FLAGS.steps
+  clips = FLAGS.batch / dt
+  tflops = clips * flops_per_clip(cfg) / 1e12
+  peak = FLAGS.peak_tflops or device_peak(jax.devices()[0])
+  print(f'{dt * 1e3:.1f} ms/step; {flops_per_clip(cfg) / 1e12:.3f} TFLOP per clip; loss {float(m["loss"]):.4f}')
+  mfu = f'{100 * tflops / (peak * jax.device_count()):.1f}%' if peak else 'n/a (no datasheet peak for this device)'
+  print(f'clips/s: {clips:.1f}  TFLOP/s: {tflops:.2f}  MFU: {mfu}')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)
