@@ -68,7 +68,7 @@ def _from_torch_layout(path: str, x: np.ndarray) -> np.ndarray:
 
 
 def is_classifier(params: dict) -> bool:
-  return 'head' in params and 'decoder' not in params
+  return 'head' in params and 'fc_norm' in params
 
 
 def to_official(params: dict) -> dict:

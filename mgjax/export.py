@@ -1,0 +1,230 @@
+r"""Export and import of weights: mgjax checkpoints <-> transformers, the official layout, orbax.
+
+    python -m mgjax.export --checkpoint=PATH --format=hf|official|orbax --out=DIR
+
+PATH: an mgjax workdir (its latest checkpoint), one checkpoint (WORKDIR/checkpoints/STEP), or a directory
+this command wrote (any format: it converts between them). Writes:
+  hf        DIR/config.json + DIR/model.safetensors: VideoMAEForPreTraining (a pretraining checkpoint) or
+            VideoMAEForVideoClassification (a classifier); DIR/encoder/ the same for VideoMAEModel.
+  official  DIR/model.safetensors with the MCG-NJU keys (and DIR/model.pth, {'model': state_dict}, when
+            torch is installed).
+  orbax     DIR/encoder: a parameters-only orbax checkpoint of the encoder.
+Each also writes DIR/mgjax_model.json (the model config), so the directory imports back exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import jax
+import numpy as np
+from absl import app, flags
+from flax import nnx
+
+from mgjax.models import classifier as classifier_lib
+from mgjax.models import convert
+from mgjax.models import videomae
+
+MODEL_JSON = 'mgjax_model.json'
+
+
+class CheckpointError(ValueError):
+  """A checkpoint path that is missing, unfinished or not a checkpoint."""
+
+
+@dataclasses.dataclass
+class Weights:
+  params: dict
+  model: videomae.ModelConfig
+  num_classes: Optional[int] = None  # a classifier's; None for a pretraining model
+  encoder_only: bool = False
+
+
+# ---- templates ------------------------------------------------------------------------------------------
+
+def template(model: videomae.ModelConfig, num_classes: Optional[int] = None) -> dict:
+  """Abstract parameter dict of the pretraining model, or of the classifier when num_classes is set."""
+  if num_classes:
+    m = nnx.eval_shape(lambda: classifier_lib.VideoClassifier(model, num_classes, rngs=nnx.Rngs(0)))
+  else:
+    m = nnx.eval_shape(lambda: videomae.VideoMAE(model, rngs=nnx.Rngs(0)))
+  return nnx.state(m, nnx.Param).to_pure_dict()
+
+
+# ---- reading mgjax checkpoints ----------------------------------------------------------------------------
+
+def resolve_checkpoint(path: str) -> tuple[str, str]:
+  """-> (checkpoint dir, workdir). Errors name the path when it is missing or unfinished."""
+  path = os.path.abspath(path)
+  if not os.path.exists(path):
+    raise CheckpointError(f'no such checkpoint: {path}')
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    steps = sorted(int(s) for s in os.listdir(os.path.join(path, 'checkpoints')) if s.isdigit())
+    if not steps:
+      raise CheckpointError(f'{path} has no finished checkpoint in {os.path.join(path, "checkpoints")}')
+    return os.path.join(path, 'checkpoints', str(steps[-1])), path
+  if 'orbax-checkpoint-tmp' in os.path.basename(path):
+    raise CheckpointError(f'{path} is an unfinished checkpoint (the run stopped while writing it)')
+  if not os.path.isdir(os.path.join(path, 'state')):
+    raise CheckpointError(f'{path} is not an mgjax checkpoint (no state/ inside)')
+  return path, os.path.dirname(os.path.dirname(path))
+
+
+def _model_from_workdir(workdir: str) -> tuple[videomae.ModelConfig, Optional[int]]:
+  cfg_path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(cfg_path):
+    raise CheckpointError(f'{cfg_path} is missing: cannot tell the model of the checkpoint')
+  cfg = json.load(open(cfg_path))
+  model = videomae.ModelConfig(**{k: v for k, v in cfg['model'].items()
+                                  if k in {f.name for f in dataclasses.fields(videomae.ModelConfig)}})
+  return model, cfg.get('num_classes') or None
+
+
+def load_mgjax_checkpoint(path: str) -> Weights:
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  ckpt, workdir = resolve_checkpoint(path)
+  model, num_classes = _model_from_workdir(workdir)
+  restored = ocp.StandardCheckpointer().restore(os.path.join(ckpt, 'state'))
+  params = _normalize(restored['params'])
+  _check_against(params, template(model, num_classes), ckpt)
+  return Weights(params, model, num_classes)
+
+
+def _normalize(tree) -> dict:
+  """numpy leaves, and list indices as ints (orbax stores the keys of blocks.{i} as strings)."""
+  return convert.unflatten({k: np.asarray(v) for k, v in convert.flatten(tree).items()})
+
+
+def _check_against(params: dict, tmpl: dict, where: str):
+  got, want = convert.flatten(params), convert.flatten(tmpl)
+  bad = [f'{p}: checkpoint {tuple(np.shape(got[p]))}, config {tuple(want[p].shape)}'
+         for p in sorted(set(got) & set(want)) if tuple(np.shape(got[p])) != tuple(want[p].shape)]
+  missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+  if bad or missing or extra:
+    raise convert.WeightsError(
+        f'{where}: weights do not fit the config (a checkpoint of another size?): '
+        f'{len(bad)} mis-shaped {bad[:6]}, {len(missing)} missing {missing[:6]}, {len(extra)} unexpected '
+        f'{extra[:6]}')
+
+
+# ---- exported directories -------------------------------------------------------------------------------
+
+def _write_model_json(out: str, w: Weights, fmt: str):
+  with open(os.path.join(out, MODEL_JSON), 'w') as f:
+    json.dump({'format': fmt, 'model': dataclasses.asdict(w.model), 'num_classes': w.num_classes,
+               'encoder_only': w.encoder_only}, f, indent=2)
+
+
+def hf_config(model: videomae.ModelConfig, num_classes: Optional[int]) -> dict:
+  dim, depth, heads, ddim, dheads, ddepth = videomae.SIZES[model.size]
+  ddepth = model.decoder_depth if model.decoder_depth is not None else ddepth
+  c = {'model_type': 'videomae',
+       'architectures': ['VideoMAEForVideoClassification' if num_classes else 'VideoMAEForPreTraining'],
+       'image_size': model.image_size, 'patch_size': model.patch, 'num_channels': 3,
+       'num_frames': model.frames, 'tubelet_size': model.tubelet, 'hidden_size': dim,
+       'num_hidden_layers': depth, 'num_attention_heads': heads, 'intermediate_size': 4 * dim,
+       'hidden_act': 'gelu', 'hidden_dropout_prob': 0.0, 'attention_probs_dropout_prob': 0.0,
+       'initializer_range': 0.02, 'layer_norm_eps': 1e-6, 'qkv_bias': True,
+       'use_mean_pooling': bool(num_classes), 'decoder_num_attention_heads': dheads,
+       'decoder_hidden_size': ddim, 'decoder_num_hidden_layers': ddepth, 'decoder_intermediate_size': 4 * ddim,
+       'norm_pix_loss': True, 'torch_dtype': 'float32'}
+  if num_classes:
+    c['id2label'] = {str(i): f'C{i + 1}' for i in range(num_classes)}
+    c['label2id'] = {v: int(k) for k, v in c['id2label'].items()}
+  return c
+
+
+def _save_safetensors(sd: dict, path: str):
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sd.items()}, path)
+
+
+def write(w: Weights, fmt: str, out: str):
+  os.makedirs(out, exist_ok=True)
+  if fmt == 'hf':
+    if w.encoder_only:
+      raise ValueError('an encoder-only checkpoint cannot be written as a full transformers model')
+    sd = convert.to_hf(w.params)
+    with open(os.path.join(out, 'config.json'), 'w') as f:
+      json.dump(hf_config(w.model, w.num_classes), f, indent=2)
+    _save_safetensors(sd, os.path.join(out, 'model.safetensors'))
+    enc_dir = os.path.join(out, 'encoder')  # what VideoMAEModel loads with no unexpected keys
+    os.makedirs(enc_dir, exist_ok=True)
+    enc_cfg = hf_config(w.model, w.num_classes)
+    enc_cfg['architectures'] = ['VideoMAEModel']
+    with open(os.path.join(enc_dir, 'config.json'), 'w') as f:
+      json.dump(enc_cfg, f, indent=2)
+    _save_safetensors({k[len('videomae.'):]: v for k, v in sd.items() if k.startswith('videomae.')},
+                      os.path.join(enc_dir, 'model.safetensors'))
+  elif fmt == 'official':
+    sd = convert.to_official(w.params)
+    _save_safetensors(sd, os.path.join(out, 'model.safetensors'))
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+      torch.save({'model': {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in sd.items()}},
+                 os.path.join(out, 'model.pth'))
+    except ImportError:
+      pass
+  elif fmt == 'orbax':
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    enc = w.params['encoder']
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(os.path.join(os.path.abspath(out), 'encoder'), enc, force=True)
+    w = dataclasses.replace(w, params={'encoder': enc}, encoder_only=True)
+  else:
+    raise ValueError(f'unknown format {fmt!r}: hf, official or orbax')
+  _write_model_json(out, w, fmt)
+
+
+def _read_safetensors(path: str) -> dict:
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  return load_file(path)
+
+
+def load(path: str) -> Weights:
+  """Weights from an mgjax workdir or checkpoint, or from a directory `write` made."""
+  meta_path = os.path.join(path, MODEL_JSON)
+  if not os.path.exists(meta_path):
+    return load_mgjax_checkpoint(path)
+  meta = json.load(open(meta_path))
+  model = videomae.ModelConfig(**meta['model'])
+  num_classes = meta.get('num_classes')
+  tmpl = template(model, num_classes)
+  encoder_only = bool(meta.get('encoder_only'))
+  if encoder_only:
+    tmpl = {'encoder': tmpl['encoder']}
+  if meta['format'] == 'hf':
+    params = convert.from_hf(_read_safetensors(os.path.join(path, 'model.safetensors')), tmpl)
+  elif meta['format'] == 'official':
+    params = convert.from_official(_read_safetensors(os.path.join(path, 'model.safetensors')), tmpl)
+  elif meta['format'] == 'orbax':
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    enc = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), 'encoder'))
+    params = {'encoder': _normalize(enc)}
+    _check_against(params, tmpl, path)
+  else:
+    raise CheckpointError(f'{meta_path}: unknown format {meta["format"]!r}')
+  return Weights(params, model, num_classes, encoder_only=encoder_only)
+
+
+flags.DEFINE_string('checkpoint', None, 'mgjax workdir, checkpoint, or exported directory.')
+flags.DEFINE_enum('format', None, ['hf', 'official', 'orbax'], 'What to write.')
+flags.DEFINE_string('out', None, 'Output directory.')
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  w = load(f.checkpoint)
+  write(w, f.format, f.out)
+  n = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(w.params))
+  print(f'wrote {f.format} weights ({n / 1e6:.2f}M parameters, model {w.model.size}'
+        f'{", " + str(w.num_classes) + " classes" if w.num_classes else ""}) to {f.out}')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['checkpoint', 'format', 'out'])
+  app.run(main)

@@ -1,0 +1,170 @@
+"""Export to transformers / the official layout / orbax: loading without missing or unexpected keys,
+output parity with transformers in float32, exact round trips, and clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from transformers import VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel
+
+from mgjax import export
+from mgjax.data import pretrain
+from mgjax.models import classifier as classifier_lib
+from mgjax.models import convert, videomae
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def workdir(built, tmp_path_factory):
+  """A real mgjax pretraining run of 2 steps (tiny model) to export from."""
+  run = str(tmp_path_factory.mktemp('pretrain_run'))
+  cmd = [sys.executable, '-m', 'mgjax.main', '--config=configs/demo.py', f'--workdir={run}',
+         f'--config.data.data_dir={built}', '--config.data.split=all', '--config.model.size=T',
+         '--config.model.decoder_depth=1', '--config.model.frames=4', '--config.model.image_size=32',
+         '--config.global_batch=8', '--config.data.workers=0', '--config.total_steps=2', '--config.viz_every=0']
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return run
+
+
+def _inputs(model: videomae.ModelConfig, n=2):
+  rng = np.random.default_rng(7)
+  video = rng.integers(0, 256, (n, model.frames, model.image_size, model.image_size, 3), dtype=np.uint8)
+  x = (video / 255.0 - videomae.IMAGENET_MEAN) / videomae.IMAGENET_STD
+  pixels = torch.tensor(x.transpose(0, 1, 4, 2, 3), dtype=torch.float32)  # transformers: (B, T, C, H, W)
+  mask = np.stack([pretrain.tube_mask(rng, model.grid, model.mask_ratio) for _ in range(n)])
+  return video, pixels, mask
+
+
+def _no_missing_or_unexpected(info):
+  return not info['missing_keys'] and not info['unexpected_keys'] and not info.get('mismatched_keys')
+
+
+def test_hf_export_loads_in_transformers_and_matches(workdir, tmp_path):
+  w = export.load(workdir)
+  assert w.model.size == 'T' and w.num_classes is None
+  out = str(tmp_path / 'hf')
+  export.write(w, 'hf', out)
+  pre, info = VideoMAEForPreTraining.from_pretrained(out, output_loading_info=True)
+  assert _no_missing_or_unexpected(info), info
+  enc, info = VideoMAEModel.from_pretrained(os.path.join(out, 'encoder'), output_loading_info=True)
+  assert _no_missing_or_unexpected(info), info
+  cfg = dataclasses_replace_f32(w.model)
+  model = nnx.merge(*_split_with(videomae.VideoMAE(cfg, rngs=nnx.Rngs(0)), w.params))
+  video, pixels, mask = _inputs(cfg)
+  with torch.no_grad():
+    hidden = enc(pixel_values=pixels).last_hidden_state.numpy()
+    logits = pre(pixel_values=pixels, bool_masked_pos=torch.tensor(mask)).logits.numpy()
+  x = (video / 255.0 - videomae.IMAGENET_MEAN) / videomae.IMAGENET_STD
+  from mgjax.models import vit  # pylint: disable=g-import-not-at-top
+  ours = np.asarray(model.encoder(vit.patchify(jnp.asarray(x, jnp.float32), cfg.patch, cfg.tubelet)))
+  np.testing.assert_allclose(hidden, ours, atol=1e-4)
+  pred, _ = model(jnp.asarray(video), jnp.asarray(mask))
+  np.testing.assert_allclose(logits, np.asarray(pred), atol=1e-4)
+  # Every attention layer really got its q and v biases (not left at zero by a renaming).
+  q = enc.encoder.layer[0].attention.attention.query.bias.detach().numpy()
+  np.testing.assert_array_equal(q, np.asarray(w.params['encoder']['blocks'][0]['attn']['q_bias']))
+  assert np.abs(q).sum() > 0
+
+
+def dataclasses_replace_f32(model):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  return dataclasses.replace(model, dtype='float32')
+
+
+def _split_with(module, params):
+  graphdef, state = nnx.split(module)
+  nnx.replace_by_pure_dict(state, params)
+  return graphdef, state
+
+
+@pytest.mark.parametrize('fmt', ['hf', 'official', 'orbax'])
+def test_round_trip_is_exact(workdir, tmp_path, fmt):
+  w = export.load(workdir)
+  out = str(tmp_path / fmt)
+  export.write(w, fmt, out)
+  back = export.load(out)
+  want = w.params if fmt != 'orbax' else {'encoder': w.params['encoder']}
+  assert back.model == w.model and back.encoder_only == (fmt == 'orbax')
+  flat_a, flat_b = convert.flatten(want), convert.flatten(back.params)
+  assert flat_a.keys() == flat_b.keys()
+  for k in flat_a:
+    np.testing.assert_array_equal(flat_a[k], flat_b[k], err_msg=k)
+  # And through the command line, from the exported directory to another format.
+  cli = subprocess.run([sys.executable, '-m', 'mgjax.export', f'--checkpoint={out}', '--format=official',
+                        f'--out={tmp_path / "again"}'], cwd=REPO, capture_output=True, text=True)
+  assert cli.returncode == 0, cli.stderr[-2000:]
+  again = export.load(str(tmp_path / 'again'))
+  assert again.encoder_only == (fmt == 'orbax')
+  flat_c = convert.flatten(again.params)
+  assert flat_c.keys() == flat_a.keys()
+  for k, v in flat_c.items():
+    np.testing.assert_array_equal(v, flat_a[k], err_msg=k)
+
+
+def test_official_layout_keys_and_pth(workdir, tmp_path):
+  w = export.load(workdir)
+  out = str(tmp_path / 'official')
+  export.write(w, 'official', out)
+  sd = torch.load(os.path.join(out, 'model.pth'))['model']
+  d = videomae.SIZES['T'][0]
+  assert tuple(sd['encoder.patch_embed.proj.weight'].shape) == (d, 3, 2, 16, 16)
+  assert tuple(sd['encoder.blocks.0.attn.qkv.weight'].shape) == (3 * d, d)
+  assert 'encoder.blocks.0.attn.q_bias' in sd and 'encoder.blocks.0.attn.qkv.bias' not in sd
+  assert 'encoder_to_decoder.weight' in sd and 'encoder_to_decoder.bias' not in sd
+  assert tuple(sd['mask_token'].shape) == (1, 1, videomae.SIZES['T'][3])
+  assert not any('pos_embed' in k for k in sd)
+
+
+def test_classifier_exports_to_video_classification(tmp_path):
+  cfg = videomae.ModelConfig(size='T', frames=4, image_size=32, dtype='float32')
+  model = classifier_lib.VideoClassifier(cfg, 32, init_scale=1.0, rngs=nnx.Rngs(3))
+  params = nnx.state(model, nnx.Param).to_pure_dict()
+  w = export.Weights(params, cfg, num_classes=32)
+  out = str(tmp_path / 'hf_cls')
+  export.write(w, 'hf', out)
+  hf, info = VideoMAEForVideoClassification.from_pretrained(out, output_loading_info=True)
+  assert _no_missing_or_unexpected(info), info
+  video, pixels, _ = _inputs(cfg)
+  with torch.no_grad():
+    logits = hf(pixel_values=pixels).logits.numpy()
+  np.testing.assert_allclose(logits, np.asarray(model(jnp.asarray(video))), atol=1e-4)
+  back = export.load(out)
+  for k, v in convert.flatten(back.params).items():
+    np.testing.assert_array_equal(v, np.asarray(convert.flatten(params)[k]), err_msg=k)
+  official = convert.to_official(params)
+  assert 'fc_norm.weight' in official and 'head.weight' in official and 'blocks.0.attn.qkv.weight' in official
+
+
+def test_errors_name_the_path_or_the_parameters(workdir, tmp_path):
+  with pytest.raises(export.CheckpointError, match='no such checkpoint: .*nowhere'):
+    export.load(str(tmp_path / 'nowhere'))
+  unfinished = tmp_path / 'run' / 'checkpoints' / '7.orbax-checkpoint-tmp-123'
+  unfinished.mkdir(parents=True)
+  with pytest.raises(export.CheckpointError, match='unfinished checkpoint'):
+    export.load(str(unfinished))
+  with pytest.raises(export.CheckpointError, match='has no finished checkpoint'):
+    export.load(str(tmp_path / 'run'))
+  # A checkpoint of one size into a config of another (the workdir says XS, the weights are T).
+  cfg = json.load(open(os.path.join(workdir, 'config.json')))
+  other = tmp_path / 'other'
+  other.mkdir()
+  os.symlink(os.path.join(workdir, 'checkpoints'), other / 'checkpoints')
+  cfg['model']['size'] = 'XS'
+  json.dump(cfg, open(other / 'config.json', 'w'))
+  with pytest.raises(convert.WeightsError) as err:
+    export.load(str(other))
+  msg = str(err.value)
+  assert str(other / 'checkpoints' / '2') in msg and '26 missing' in msg
+  assert 'decoder/blocks/0/attn/qkv/kernel: checkpoint (32, 96), config (64, 192)' in msg
+  sd = convert.to_official(export.load(workdir).params)
+  with pytest.raises(convert.WeightsError, match=r'48 wrong shape: .*decoder.blocks.0.attn.qkv.weight: file \(96, 32\), model \(192, 64\)'):
+    convert.from_official(sd, export.template(videomae.ModelConfig(size='XS', frames=4, image_size=32)))
