@@ -18,6 +18,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 from typing import Optional
 
@@ -150,6 +151,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       raise BuildError(format_problems(catalog.problems))
     self._skipped = [dataclasses.asdict(p) for p in catalog.problems]
     self._write_skip_report()
+    # The evaluation splits this build used travel with the records (evaluation reads the emotion split).
+    shutil.copyfile(catalog.protocol_path, os.path.join(self.data_dir, 'protocol.json'))
     proto = catalog.protocol
     if cfg.kind == 'clips':
       by_split = {'train': [], 'test': []}
@@ -264,6 +267,7 @@ class Catalog:
   segments: list  # usable segments
   usable_videos: list  # video ids whose file probed fine and whose rows agree
   protocol: dict
+  protocol_path: str
   problems: list
 
 
@@ -296,8 +300,8 @@ def load_catalog(manual_dir: str, num_workers: int = 0) -> Catalog:
   if os.path.exists(videos_csv):
     labels_lib.read_videos_csv(videos_csv, videos, problems)
   proto_path = os.path.join(manual_dir, 'protocol.json')
-  protocol = labels_lib.read_protocol(proto_path if os.path.exists(proto_path) else labels_lib.PROTOCOL_JSON,
-                                      problems)
+  proto_path = proto_path if os.path.exists(proto_path) else labels_lib.PROTOCOL_JSON
+  protocol = labels_lib.read_protocol(proto_path, problems)
   # Videos whose rows disagreed on subject / win-or-lose are unusable: their labels are unknown.
   bad_videos = {p.video_id for p in problems if 'disagrees with' in p.problem}
 
@@ -340,4 +344,4 @@ def load_catalog(manual_dir: str, num_workers: int = 0) -> Catalog:
       continue
     usable_segments.append(seg)
   usable = [v for v in ids if v not in bad_videos]
-  return Catalog(videos, paths, info, usable_segments, usable, protocol, problems)
+  return Catalog(videos, paths, info, usable_segments, usable, protocol, proto_path, problems)

@@ -52,7 +52,8 @@ def pipeline_config(config, data_dir: str, model_cfg: ModelConfig) -> pipeline.P
 
 
 def prepare_demo_data(workdir: str, sample_args: dict) -> str:
-  """Generates the sample dataset and builds its pretrain records into workdir/demo_data (once)."""
+  """Generates the sample dataset and builds its records (pretrain, and clips for evaluation) into
+  workdir/demo_data, once."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from tfds_imigue3k import imigue3k_dataset_builder as builder_lib  # pylint: disable=g-import-not-at-top
   from tfds_imigue3k import sample  # pylint: disable=g-import-not-at-top
@@ -62,9 +63,10 @@ def prepare_demo_data(workdir: str, sample_args: dict) -> str:
     if not os.path.exists(os.path.join(manual, 'sample_truth.json')):
       logging.info('No data_dir given: generating the sample dataset in %s', manual)
       sample.generate(manual, **sample_args)
-    builder = builder_lib.Builder(config='pretrain', data_dir=data)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual),
-                                 file_format='array_record')
+    for name in ('pretrain', 'clips'):
+      builder = builder_lib.Builder(config=name, data_dir=data)
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual),
+                                   file_format='array_record')
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices('demo data ready')

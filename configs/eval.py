@@ -1,0 +1,28 @@
+r"""Evaluation of a checkpoint on the iMiGUE-3K tasks.
+
+    python -m mgjax.evaluate --config=configs/eval.py --config.checkpoint=PATH --config.data_dir=D --workdir=DIR
+
+PATH: an mgjax workdir or checkpoint (pretraining or fine-tuned), or an exported directory; `random`
+evaluates the model of --config.model at random initialisation (the baseline). Tasks: knn, linear_probe,
+retrieval, emotion on frozen features; recognition needs a fine-tuned (classifier) checkpoint.
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.checkpoint = ''
+  c.data_dir = ''  # where the `clips` records are (a demo workdir's demo_data/records works)
+  c.clips_config = 'clips'
+  c.tasks = ('knn', 'linear_probe', 'retrieval', 'emotion', 'recognition')
+  c.model = dict(size='XS', frames=8, image_size=64, patch=16, tubelet=2, decoder_depth=2, mask_ratio=0.75)
+  c.seed = 0
+  c.stride = 4
+  c.num_clips = 2  # temporal windows per clip for frozen features
+  c.test_clips = 3  # recognition: temporal windows x ...
+  c.test_crops = 3  # ... spatial crops, softmax averaged
+  c.batch = 16
+  c.knn = dict(k=20, temperature=0.07)
+  c.linear_probe = dict(steps=500, lr=1e-2)
+  return c.lock()

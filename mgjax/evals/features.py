@@ -1,0 +1,106 @@
+"""Clip features from a frozen encoder, extracted once and cached for every frozen-feature task.
+
+A clip record (one labelled segment) gives `num_clips` windows spread evenly over the segment (frames
+repeat when the segment is shorter than a window), each resized so its short side is the model's image
+size and centre-cropped. A window's feature is the mean over tokens of the encoder output (after its
+final norm for a pretraining model, fc_norm for a classifier); a clip's is the mean over its windows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from PIL import Image
+
+from mgjax.data import records
+from mgjax.models import vit
+from mgjax.models.videomae import IMAGENET_MEAN, IMAGENET_STD
+
+
+def window_indices(num_frames: int, frames: int, stride: int, num_clips: int) -> np.ndarray:
+  """(num_clips, frames) frame indices, windows spread evenly over the segment, clipped at its end."""
+  span = (frames - 1) * stride + 1
+  starts = np.linspace(0, max(num_frames - span, 0), num_clips).round().astype(int)
+  return np.minimum(starts[:, None] + np.arange(frames) * stride, num_frames - 1)
+
+
+def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
+  t, h, w, _ = frames.shape
+  s = size / min(h, w)
+  nh, nw = max(size, round(h * s)), max(size, round(w * s))
+  y0, x0 = (nh - size) // 2, (nw - size) // 2
+  out = np.empty((t, size, size, 3), np.uint8)
+  for i in range(t):
+    out[i] = np.asarray(Image.fromarray(frames[i]).resize((nw, nh), Image.BILINEAR))[y0:y0 + size, x0:x0 + size]
+  return out
+
+
+def clip_views(record, frames: int, stride: int, num_clips: int, size: int) -> np.ndarray:
+  """uint8 (num_clips, frames, size, size, 3) for one clip record."""
+  idx = window_indices(int(record['num_frames']), frames, stride, num_clips)
+  needed = np.unique(idx)
+  decoded = dict(zip(needed.tolist(), records.decode_jpegs([record['frames'][i] for i in needed])))
+  return np.stack([resize_center_crop(np.stack([decoded[i] for i in row]), size) for row in idx])
+
+
+def encoder_feature_fn(module, pretraining: bool):
+  """jitted video uint8 (B,T,H,W,3) -> (B, D) features of a VideoMAE (pretraining) or VideoClassifier."""
+  if not pretraining:
+    return jax.jit(module.features)
+  cfg = module.cfg
+
+  def f(video):
+    x = (video.astype(jnp.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return module.encoder(vit.patchify(x, cfg.patch, cfg.tubelet)).mean(axis=1).astype(jnp.float32)
+  return jax.jit(f)
+
+
+def extract(feature_fn, source, *, frames: int, stride: int, num_clips: int, size: int, batch: int = 16,
+            desc: str = 'features') -> dict:
+  """Features and labels of every clip record in `source`."""
+  feats, meta = [], {'label': [], 'video_id': [], 'emotion': [], 'subject_id': []}
+  pending, owners = [], []
+
+  def flush():
+    x = np.concatenate(pending)
+    pad = (-len(x)) % batch
+    out = np.asarray(feature_fn(jnp.asarray(np.concatenate([x, x[:pad]]) if pad else x)))[:len(x)]
+    for i in range(len(owners)):
+      feats.append(out[i * num_clips:(i + 1) * num_clips].mean(0))
+    pending.clear()
+    owners.clear()
+
+  for i in tqdm.trange(len(source), desc=desc, unit='clip', leave=False):
+    r = source[i]
+    pending.append(clip_views(r, frames, stride, num_clips, size))
+    owners.append(i)
+    for k in meta:
+      meta[k].append(r[k].decode() if isinstance(r[k], bytes) else int(r[k]))
+    if len(pending) * num_clips >= batch:
+      flush()
+  if pending:
+    flush()
+  return {'features': np.stack(feats).astype(np.float32), **{k: np.asarray(v) for k, v in meta.items()}}
+
+
+def cached(cache_dir: str, key: dict, compute) -> dict:
+  """compute() once per key (checkpoint, split, sampling); later calls read the .npz."""
+  name = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+  path = os.path.join(cache_dir, f'{name}.npz')
+  if os.path.exists(path):
+    with np.load(path, allow_pickle=False) as z:
+      return {k: z[k] for k in z.files}
+  out = compute()
+  os.makedirs(cache_dir, exist_ok=True)
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, **out)
+  os.replace(tmp, path)
+  with open(os.path.join(cache_dir, f'{name}.json'), 'w') as f:
+    json.dump(key, f, indent=2)
+  return out

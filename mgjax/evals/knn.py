@@ -1,0 +1,20 @@
+"""kNN classification on frozen features: cosine similarity, temperature-weighted vote (as DINO)."""
+
+import numpy as np
+
+from mgjax.evals import metrics
+
+
+def scores(train_x, train_y, test_x, num_classes: int, k: int = 20, temperature: float = 0.07) -> np.ndarray:
+  sim = metrics.l2_normalize(test_x) @ metrics.l2_normalize(train_x).T
+  k = min(k, len(train_x))
+  nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+  w = np.exp(np.take_along_axis(sim, nn, axis=1) / temperature)
+  out = np.zeros((len(test_x), num_classes))
+  np.add.at(out, (np.arange(len(test_x))[:, None], train_y[nn]), w)
+  return out
+
+
+def evaluate(train: dict, test: dict, num_classes: int, k: int = 20, temperature: float = 0.07) -> dict:
+  s = scores(train['features'], train['label'], test['features'], num_classes, k, temperature)
+  return {'k': k, 'temperature': temperature, **metrics.classification(s, test['label'], num_classes)}

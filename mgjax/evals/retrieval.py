@@ -1,0 +1,19 @@
+"""Retrieval: each test clip queries the train gallery by cosine similarity; relevant = same class."""
+
+import numpy as np
+
+from mgjax.evals import metrics
+
+
+def evaluate(gallery: dict, queries: dict, ks=(1, 5, 10)) -> dict:
+  sim = metrics.l2_normalize(queries['features']) @ metrics.l2_normalize(gallery['features']).T
+  order = np.argsort(-sim, axis=1, kind='stable')
+  rel = gallery['label'][order] == queries['label'][:, None]  # (Q, G) relevance in rank order
+  out = {f'recall@{k}': float(rel[:, :k].any(1).mean()) for k in ks}
+  hits = np.cumsum(rel, axis=1)
+  precision = hits / np.arange(1, rel.shape[1] + 1)
+  n_rel = rel.sum(1)
+  ap = np.where(n_rel > 0, (precision * rel).sum(1) / np.maximum(n_rel, 1), 0.0)
+  out['mAP'] = float(ap[n_rel > 0].mean()) if (n_rel > 0).any() else 0.0
+  out['queries'] = int(len(ap))
+  return out

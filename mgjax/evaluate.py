@@ -1,0 +1,187 @@
+r"""Evaluation binary: frozen-feature tasks and fine-tuned recognition, results.json + report.md + plots.
+
+    python -m mgjax.evaluate --config=configs/eval.py --config.checkpoint=PATH --config.data_dir=D --workdir=DIR
+
+results.json holds one entry per task that was asked for:
+  knn           {k, temperature, top1, top5, mean_class_accuracy, per_class_accuracy{class: acc}}
+  linear_probe  {steps, top1, top5, mean_class_accuracy, per_class_accuracy}
+  retrieval     {recall@1, recall@5, recall@10, mAP, queries}
+  emotion       {train_videos, test_videos, from_features{accuracy, f1, count},
+                 from_gesture_histogram{accuracy, f1, count}}
+  recognition   {views, top1, top5, mean_class_accuracy, per_class_accuracy, confusion_png}
+An entry that could not run is {"skipped": reason}. Accuracies are fractions in [0, 1]. Beside them:
+checkpoint, model, data_dir. Features are cached in DIR/features/ and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from absl import app, flags, logging
+from flax import nnx
+from ml_collections import config_flags
+from PIL import Image
+
+from mgjax import export
+from mgjax.data import records
+from mgjax.evals import emotion, features, knn, linear_probe, metrics, retrieval
+from mgjax.models import classifier as classifier_lib
+from mgjax.models import videomae
+
+NUM_CLASSES = 32
+TASKS = ('knn', 'linear_probe', 'retrieval', 'emotion', 'recognition')
+
+flags.DEFINE_string('workdir', None, 'Where results.json, report.md, plots and the feature cache go.')
+config_flags.DEFINE_config_file('config', None, 'Evaluation config.', lock_config=True)
+
+
+def load_model(config):
+  """(module, Weights-like info, is_pretraining) for the checkpoint, or a random model."""
+  if config.checkpoint == 'random':
+    cfg = videomae.ModelConfig(**config.model.to_dict(), dtype='float32')
+    return videomae.VideoMAE(cfg, rngs=nnx.Rngs(config.seed)), cfg, None
+  w = export.load(config.checkpoint)
+  cfg = dataclasses.replace(w.model, dtype='float32', drop_path=0.0)
+  if w.num_classes:
+    module = classifier_lib.VideoClassifier(cfg, w.num_classes, rngs=nnx.Rngs(0))
+  else:
+    module = videomae.VideoMAE(cfg, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(module)
+  params = w.params if not w.encoder_only else {**nnx.state(module, nnx.Param).to_pure_dict(), **w.params}
+  nnx.replace_by_pure_dict(state, params)
+  return nnx.merge(graphdef, state), cfg, w.num_classes
+
+
+def _protocol(data_dir: str, config_name: str) -> dict:
+  import glob  # pylint: disable=g-import-not-at-top
+  found = sorted(glob.glob(os.path.join(data_dir, 'imigue3k', config_name, '*', 'protocol.json')))
+  return json.load(open(found[-1])) if found else {}
+
+
+def recognition(module, cfg, source, config, workdir) -> dict:
+  """Multi-view test: test_clips temporal windows x test_crops spatial crops, softmax averaged."""
+  fn = jax.jit(lambda v: jax.nn.softmax(module(v), axis=-1))
+  probs, labels = [], []
+  for i in tqdm.trange(len(source), desc='recognition', unit='clip', leave=False):
+    r = source[i]
+    views = _crops(features.clip_views(r, cfg.frames, config.stride, config.test_clips, _long(cfg)),
+                   cfg.image_size, config.test_crops)
+    probs.append(np.asarray(fn(jnp.asarray(views))).mean(0))
+    labels.append(int(r['label']))
+  probs, labels = np.stack(probs), np.asarray(labels)
+  out = {'views': config.test_clips * config.test_crops,
+         **metrics.classification(probs, labels, NUM_CLASSES)}
+  conf = metrics.confusion(probs.argmax(1), labels, NUM_CLASSES)
+  path = os.path.join(workdir, 'confusion.png')
+  _heatmap(conf).save(path)
+  out['confusion_png'] = os.path.basename(path)
+  return out
+
+
+def _long(cfg):
+  return cfg.image_size  # windows are first resized so the short side is image_size
+
+
+def _crops(views: np.ndarray, size: int, n: int) -> np.ndarray:
+  """Square windows -> n spatial crops each (left/centre/right of a 1.15x resize, as three-crop testing)."""
+  if n == 1:
+    return views
+  big = int(round(size * 1.15))
+  out = []
+  for v in views:
+    resized = np.stack([np.asarray(Image.fromarray(f).resize((big, big), Image.BILINEAR)) for f in v])
+    for x0 in np.linspace(0, big - size, n).round().astype(int):
+      y0 = (big - size) // 2
+      out.append(resized[:, y0:y0 + size, x0:x0 + size])
+  return np.stack(out)
+
+
+def _heatmap(m: np.ndarray, cell: int = 12) -> Image.Image:
+  rows = m / np.maximum(m.sum(1, keepdims=True), 1)
+  img = (255 * (1 - rows)).astype(np.uint8)
+  img = np.kron(img, np.ones((cell, cell), np.uint8))
+  return Image.fromarray(img).convert('RGB')
+
+
+def evaluate(config, workdir: str) -> dict:
+  os.makedirs(workdir, exist_ok=True)
+  tasks = [t for t in config.tasks]
+  unknown = sorted(set(tasks) - set(TASKS))
+  if unknown:
+    raise ValueError(f'unknown task(s) {unknown}; known: {TASKS}')
+  module, cfg, num_classes = load_model(config)
+  train_src = records.data_source(config.data_dir, config.clips_config, 'train')
+  test_src = records.data_source(config.data_dir, config.clips_config, 'test')
+  results = {'checkpoint': config.checkpoint, 'model': dataclasses.asdict(cfg), 'data_dir': config.data_dir}
+  frozen = [t for t in tasks if t != 'recognition']
+  if frozen:
+    fn = features.encoder_feature_fn(module, pretraining=num_classes is None)
+    key = {'checkpoint': os.path.abspath(config.checkpoint) if config.checkpoint != 'random' else
+           f'random:{cfg}:{config.seed}', 'data_dir': os.path.abspath(config.data_dir),
+           'frames': cfg.frames, 'stride': config.stride, 'num_clips': config.num_clips, 'size': cfg.image_size}
+    feats = {}
+    for split, src in (('train', train_src), ('test', test_src)):
+      feats[split] = features.cached(
+          os.path.join(workdir, 'features'), {**key, 'split': split},
+          lambda src=src, split=split: features.extract(fn, src, frames=cfg.frames, stride=config.stride,
+                                                        num_clips=config.num_clips, size=cfg.image_size,
+                                                        batch=config.batch, desc=f'{split} features'))
+    if 'knn' in tasks:
+      results['knn'] = knn.evaluate(feats['train'], feats['test'], NUM_CLASSES, **config.knn.to_dict())
+    if 'linear_probe' in tasks:
+      results['linear_probe'] = linear_probe.evaluate(feats['train'], feats['test'], NUM_CLASSES,
+                                                      **config.linear_probe.to_dict())
+    if 'retrieval' in tasks:
+      results['retrieval'] = retrieval.evaluate(feats['train'], feats['test'])
+    if 'emotion' in tasks:
+      proto = _protocol(config.data_dir, config.clips_config).get('emotion', {})
+      both = {k: np.concatenate([feats['train'][k], feats['test'][k]]) for k in feats['train']}
+      results['emotion'] = emotion.evaluate(both, proto.get('train_video_ids', []),
+                                            proto.get('test_video_ids', []), feats['train'], NUM_CLASSES)
+  if 'recognition' in tasks:
+    results['recognition'] = (recognition(module, cfg, test_src, config, workdir) if num_classes else
+                              {'skipped': 'recognition needs a fine-tuned (classifier) checkpoint'})
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump(results, f, indent=2)
+  with open(os.path.join(workdir, 'report.md'), 'w') as f:
+    f.write(report(results))
+  return results
+
+
+def report(results: dict) -> str:
+  rows = ['| task | metric | value |', '|---|---|---|']
+  for task in TASKS:
+    r = results.get(task)
+    if r is None:
+      continue
+    if 'skipped' in r:
+      rows.append(f'| {task} | skipped | {r["skipped"]} |')
+      continue
+    for k, v in r.items():
+      if isinstance(v, float):
+        rows.append(f'| {task} | {k} | {100 * v:.1f} |' if k != 'temperature' else f'| {task} | {k} | {v} |')
+      elif isinstance(v, dict) and k.startswith('from_'):
+        for kk, vv in v.items():
+          if isinstance(vv, float):
+            rows.append(f'| {task} | {k} {kk} | {100 * vv:.1f} |')
+  head = f'# Evaluation of {results["checkpoint"]}\n\nAccuracies in percent.\n\n'
+  return head + '\n'.join(rows) + '\n'
+
+
+def main(argv):
+  del argv
+  results = evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  logging.info('results: %s', json.dumps({k: {kk: vv for kk, vv in v.items() if not isinstance(vv, dict)}
+                                           for k, v in results.items() if isinstance(v, dict) and k in TASKS}))
+  print(report(results))
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)
