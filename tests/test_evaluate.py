@@ -1,0 +1,109 @@
+"""Evaluation: the five tasks end to end on built sample clips, results.json schema, cached features,
+and the evaluators on cases with known answers."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from mgjax import evaluate as evaluate_lib
+from mgjax import export
+from mgjax.evals import features, knn, metrics, retrieval
+from mgjax.models import classifier as classifier_lib
+from mgjax.models import videomae
+from configs import eval as eval_config
+
+TINY = dict(size='T', frames=4, image_size=32, patch=16, tubelet=2, decoder_depth=1, mask_ratio=0.5)
+
+
+def _config(checkpoint, data_dir, **kw):
+  c = eval_config.get_config()
+  c.checkpoint, c.data_dir = checkpoint, data_dir
+  c.model.update(TINY)
+  c.num_clips, c.test_clips, c.test_crops = 1, 2, 3
+  c.knn.k = 5
+  c.linear_probe.steps = 50
+  for k, v in kw.items():
+    setattr(c, k, v)
+  return c
+
+
+@pytest.fixture(scope='module')
+def classifier_dir(tmp_path_factory):
+  cfg = videomae.ModelConfig(**TINY, dtype='float32')
+  params = nnx.state(classifier_lib.VideoClassifier(cfg, 32, init_scale=1.0, rngs=nnx.Rngs(0)),
+                     nnx.Param).to_pure_dict()
+  out = str(tmp_path_factory.mktemp('classifier'))
+  export.write(export.Weights(params, cfg, num_classes=32), 'hf', out)
+  return out
+
+
+def _check_classification(r):
+  for k in ('top1', 'top5', 'mean_class_accuracy'):
+    assert 0.0 <= r[k] <= 1.0
+  assert r['top5'] >= r['top1'] and r['per_class_accuracy']
+  assert all(0 <= int(c) < 32 and 0 <= a <= 1 for c, a in r['per_class_accuracy'].items())
+
+
+def test_five_tasks_end_to_end(built, classifier_dir, tmp_path):
+  work = str(tmp_path / 'eval')
+  results = evaluate_lib.evaluate(_config(classifier_dir, built), work)
+  saved = json.load(open(os.path.join(work, 'results.json')))
+  assert saved == json.loads(json.dumps(results))
+  assert set(evaluate_lib.TASKS) <= set(saved)
+  _check_classification(saved['knn'])
+  assert saved['knn']['k'] == 5
+  _check_classification(saved['linear_probe'])
+  r = saved['retrieval']
+  assert 0 <= r['recall@1'] <= r['recall@5'] <= r['recall@10'] <= 1 and 0 < r['mAP'] <= 1
+  assert r['queries'] == len(__import__('mgjax.data.records', fromlist=['x']).data_source(built, 'clips', 'test'))
+  e = saved['emotion']
+  assert e['train_videos'] > 0 and e['test_videos'] > 0
+  for how in ('from_features', 'from_gesture_histogram'):
+    assert 0 <= e[how]['accuracy'] <= 1 and 0 <= e[how]['f1'] <= 1 and e[how]['count'] == e['test_videos']
+  rec = saved['recognition']
+  _check_classification(rec)
+  assert rec['views'] == 6 and os.path.exists(os.path.join(work, rec['confusion_png']))
+  report = open(os.path.join(work, 'report.md')).read()
+  assert '| knn | top1 |' in report and '| recognition | top1 |' in report
+
+
+def test_features_are_cached_and_reused(built, tmp_path):
+  work = str(tmp_path / 'eval')
+  first = evaluate_lib.evaluate(_config('random', built, tasks=('knn', 'recognition')), work)
+  cache = sorted(os.listdir(os.path.join(work, 'features')))
+  assert len([f for f in cache if f.endswith('.npz')]) == 2  # train and test
+  stamps = {f: os.path.getmtime(os.path.join(work, 'features', f)) for f in cache}
+  again = evaluate_lib.evaluate(_config('random', built, tasks=('knn',)), work)
+  assert again['knn'] == first['knn']
+  assert {f: os.path.getmtime(os.path.join(work, 'features', f)) for f in cache} == stamps
+  assert first['recognition'] == {'skipped': 'recognition needs a fine-tuned (classifier) checkpoint'}
+
+
+def test_unknown_task_is_an_error(built, tmp_path):
+  with pytest.raises(ValueError, match=r"unknown task\(s\) \['knnn'\]"):
+    evaluate_lib.evaluate(_config('random', built, tasks=('knnn',)), str(tmp_path))
+
+
+def test_knn_and_retrieval_on_known_cases():
+  train = {'features': np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], np.float32), 'label': np.array([0, 0, 1, 1])}
+  test = {'features': np.array([[1, 0.05], [0.05, 1]], np.float32), 'label': np.array([0, 1])}
+  r = knn.evaluate(train, test, num_classes=2, k=2)
+  assert r['top1'] == 1.0 and r['mean_class_accuracy'] == 1.0
+  r = retrieval.evaluate(train, test)
+  assert r['recall@1'] == 1.0 and r['mAP'] == 1.0
+  # One query whose relevant items rank 1st and 3rd: AP = (1/1 + 2/3) / 2.
+  g = {'features': np.array([[1, 0], [0.8, 0.6], [0.6, 0.8]], np.float32), 'label': np.array([0, 1, 0])}
+  q = {'features': np.array([[1, 0]], np.float32), 'label': np.array([0])}
+  assert retrieval.evaluate(g, q)['mAP'] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_binary_metrics_and_windows():
+  m = metrics.binary(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0]))
+  assert m == {'accuracy': 0.5, 'f1': 0.5, 'count': 4}
+  idx = features.window_indices(num_frames=10, frames=4, stride=4, num_clips=2)
+  assert idx.tolist() == [[0, 4, 8, 9], [0, 4, 8, 9]]  # shorter than a window: last frame repeats
+  idx = features.window_indices(num_frames=40, frames=4, stride=2, num_clips=3)
+  assert idx[0, 0] == 0 and idx[-1, -1] == 39 and idx.shape == (3, 4)
