@@ -32,3 +32,33 @@ def pretrain_base(size: str) -> ml_collections.ConfigDict:
   c.profile_steps = ()  # (start, stop): write a profiler trace of these steps to workdir/profile
   c.model.decoder_depth = None
   return c.lock()
+
+
+def finetune_base(size: str) -> ml_collections.ConfigDict:
+  """The VideoMAE fine-tuning recipe (REFERENCE.md section 2) on the `clips` records."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.init = ''  # mgjax workdir / checkpoint, exported directory (hf, official, orbax); '' = from scratch
+  c.num_classes = 32
+  c.head_init_scale = 0.001
+  c.label_fraction = 1.0  # < 1: semi-supervised, a seeded class-stratified subset of the training clips
+  c.model = dict(size=size, frames=16, image_size=224, patch=16, tubelet=2, decoder_depth=None,
+                 drop_path=0.2 if size == 'H' else 0.1, dtype='bfloat16', attention='auto', remat='none',
+                 mask_ratio=0.9)
+  c.data = dict(data_dir='', name='clips', stride=4, flip=True, randaug_n=4, randaug_m=7, erase_prob=0.25,
+                num_repeats=2, class_balanced=False, workers=8)
+  c.demo_sample = dict(subjects=8, videos_per_subject=2, frames=500, width=320, height=180, seed=0)
+  c.augment = dict(mixup=0.8, cutmix=1.0, label_smoothing=0.1)
+  c.global_batch = 64
+  c.micro_batches = 1
+  c.mesh = (-1, 1, 1)
+  c.optim = dict(base_lr=1e-3, min_lr=1e-6, b1=0.9, b2=0.999, weight_decay=0.05, layer_decay=0.75,
+                 clip_norm=0.0, warmup_epochs=5.0, warmup_steps=-1)
+  c.epochs = 50.0
+  c.total_steps = 0
+  c.checkpoint = dict(every_steps=1000, keep=3, keep_period=0)
+  c.log_every = 50
+  c.eval_every = 1000  # steps between single-view test evaluations; 0: none
+  c.eval_limit = 0  # evaluate on this many test clips (0: all)
+  c.model.decoder_depth = None
+  return c.lock()

@@ -176,7 +176,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     empty = [s for s, items in by_split.items() if not items]
     if empty:  # TFDS cannot write an empty split
       logging.warning('Split(s) %s would be empty and are left out.', empty)
-    return {s: self._generate_examples(catalog, items) for s, items in by_split.items() if items}
+    return {s: self._generate_examples(catalog, items, s) for s, items in by_split.items() if items}
 
   def _write_skip_report(self):
     if self.skip_bad:
@@ -187,7 +187,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   # ----------------------------------------------------------------------------------------------------
   # Examples: one worker task per video, results streamed back in video order through staging files.
 
-  def _generate_examples(self, catalog, items):
+  def _generate_examples(self, catalog, items, split: str):
     """Yields (key, example) in video order. Keys are consecutive ints: records keep this order.
 
     Each video is decoded by a worker into a staging file, which is read back in order and deleted.
@@ -207,6 +207,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                 per_video.get(vid), os.path.join(staging, f'{cfg.kind}_{vid}.pkl'))
             for vid in vids]
     key, failed = 0, []
+    index = {'video_id': [], 'label': [], 'start_frame': [], 'num_frames': []}
     with _pool(self.num_workers, len(jobs)) as pool:
       results = pool.imap(encode_lib.process_video, jobs)  # in job order, which is video order
       for job, error in tfds.core.utils.tqdm(zip(jobs, results), total=len(jobs),
@@ -215,10 +216,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           failed.append(error)
           continue
         for example in encode_lib.read_staged(job.out_path):
+          for k in index:
+            index[k].append(example.get(k, -1) if k != 'video_id' else example[k])
           yield key, example
           key += 1
         os.remove(job.out_path)
     os.rmdir(staging)
+    # Per-record metadata without frames, in record order: samplers read it instead of the records.
+    with open(os.path.join(self.data_dir, f'index-{split}.json'), 'w') as f:
+      json.dump({k: [int(x) if k != 'video_id' else x for x in v] for k, v in index.items()}, f)
     if failed:
       if not self.skip_bad:
         raise BuildError(format_problems(failed))

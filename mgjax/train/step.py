@@ -7,7 +7,7 @@ parameter dict, so the hot path handles plain pytrees only.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -61,12 +61,18 @@ def create_state(fns: ModelFns, tx, mesh, seed: int):
   return jax.jit(init, static_argnums=0, out_shardings=shardings)(seed), shardings
 
 
-def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, lr_fn: Callable, drop_path: bool):
+def make_train_step(fns, tx: optax.GradientTransformation, lr_fn: Callable, drop_path: bool,
+                    loss: Optional[Callable] = None):
   """step(state, batch, key) -> (state, metrics). batch leaves: (micro_batches, batch / micro, ...).
+
+  loss(params, micro_batch, key) defaults to the VideoMAE loss of fns on batch['video'], batch['mask'].
 
   Gradients are averaged over the micro-batches, then applied once: the same update as the full batch.
   A non-finite loss or gradient leaves the state as it was and reports finite=False.
   """
+
+  if loss is None:
+    loss = lambda params, mb, k: fns.loss(params, mb['video'], mb['mask'], k if drop_path else None)
 
   def step(state, batch, key):
     params = state['params']
@@ -75,21 +81,20 @@ def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, lr_fn: Call
     def micro(carry, xs):
       grads_sum, loss_sum = carry
       mb, i = xs
-      k = jax.random.fold_in(key, i) if drop_path else None
-      loss, grads = jax.value_and_grad(fns.loss)(params, mb['video'], mb['mask'], k)
-      return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + loss), None
+      value, grads = jax.value_and_grad(loss)(params, mb, jax.random.fold_in(key, i))
+      return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + value), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    (grads, loss), _ = jax.lax.scan(micro, (zeros, jnp.zeros((), jnp.float32)),
-                                    (batch, jnp.arange(num_micro)))
+    (grads, total), _ = jax.lax.scan(micro, (zeros, jnp.zeros((), jnp.float32)),
+                                     (batch, jnp.arange(num_micro)))
     grads = jax.tree.map(lambda g: g / num_micro, grads)
-    loss = loss / num_micro
+    mean_loss = total / num_micro
     updates, opt_state = tx.update(grads, state['opt_state'], params)
     new = {'step': state['step'] + 1, 'params': optax.apply_updates(params, updates), 'opt_state': opt_state}
     grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    finite = jnp.isfinite(mean_loss) & jnp.isfinite(grad_norm)
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-    metrics = {'loss': loss, 'grad_norm': grad_norm, 'lr': lr_fn(state['step']), 'finite': finite}
+    metrics = {'loss': mean_loss, 'grad_norm': grad_norm, 'lr': lr_fn(state['step']), 'finite': finite}
     return new, metrics
 
   return step
