@@ -26,3 +26,18 @@ def built(sample, tmp_path_factory):
   for config in ('clips', 'pretrain'):
     helpers.build(manual, data_dir, config, num_workers=2)
   return data_dir
+
+
+@pytest.fixture(scope='session')
+def pretrain_run(built, tmp_path_factory):
+  """A real mgjax pretraining run of 2 steps (tiny T model) on the built sample: a workdir to start from."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  run = str(tmp_path_factory.mktemp('pretrain_run'))
+  cmd = [sys.executable, '-m', 'mgjax.main', '--config=configs/demo.py', f'--workdir={run}',
+         f'--config.data.data_dir={built}', '--config.data.split=all', '--config.model.size=T',
+         '--config.model.decoder_depth=1', '--config.model.frames=4', '--config.model.image_size=32',
+         '--config.global_batch=8', '--config.data.workers=0', '--config.total_steps=2', '--config.viz_every=0']
+  out = subprocess.run(cmd, cwd=helpers.REPO, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return run

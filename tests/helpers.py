@@ -8,6 +8,8 @@ import numpy as np
 
 from tfds_imigue3k import sample as sample_lib
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 SAMPLE_ARGS = dict(subjects=4, videos_per_subject=2, unlabelled=1, frames=240, width=160, height=96,
                    cut_prob=0.5, static_prob=0.5, seed=3)
 

@@ -23,16 +23,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
-def workdir(built, tmp_path_factory):
-  """A real mgjax pretraining run of 2 steps (tiny model) to export from."""
-  run = str(tmp_path_factory.mktemp('pretrain_run'))
-  cmd = [sys.executable, '-m', 'mgjax.main', '--config=configs/demo.py', f'--workdir={run}',
-         f'--config.data.data_dir={built}', '--config.data.split=all', '--config.model.size=T',
-         '--config.model.decoder_depth=1', '--config.model.frames=4', '--config.model.image_size=32',
-         '--config.global_batch=8', '--config.data.workers=0', '--config.total_steps=2', '--config.viz_every=0']
-  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return run
+def workdir(pretrain_run):
+  return pretrain_run
 
 
 def _inputs(model: videomae.ModelConfig, n=2):

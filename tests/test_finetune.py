@@ -1,0 +1,119 @@
+"""Fine-tuning: from a real pretraining run, resume, semi-supervised subsets, augmentation invariants,
+layer-wise lr decay, and errors for weights of another size."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from transformers import VideoMAEForVideoClassification
+
+from mgjax import export
+from mgjax.data import finetune as data_lib
+from mgjax.models import convert, videomae
+from mgjax.train import finetune as ft
+from mgjax.train import metrics as metrics_lib
+from tests import helpers
+
+
+def _cmd(built, init, workdir, steps, *extra):
+  return [sys.executable, '-m', 'mgjax.finetune', '--config=configs/finetune_demo.py', f'--config.init={init}',
+          f'--workdir={workdir}', f'--config.data.data_dir={built}', '--config.model.size=T',
+          '--config.model.frames=4', '--config.model.image_size=32', '--config.global_batch=8',
+          '--config.data.workers=0', f'--config.total_steps={steps}', '--config.checkpoint.every_steps=3',
+          '--config.eval_every=3', '--config.eval_limit=8', '--config.log_every=1', *extra]
+
+
+def test_finetune_from_pretraining_resumes_and_exports(built, pretrain_run, tmp_path):
+  run = str(tmp_path / 'ft')
+  out = subprocess.run(_cmd(built, pretrain_run, run, 6, '--config.label_fraction=0.3'), cwd=helpers.REPO,
+                       capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f'Fine-tuning T from {pretrain_run}' in out.stderr and 'test top-1' in out.stderr
+  subset = json.load(open(os.path.join(run, 'labelled_subset.json')))
+  labels = data_lib.read_labels(built, 'clips', 'train', __import__('mgjax.data.records', fromlist=['x'])
+                                .data_source(built, 'clips', 'train'))
+  assert set(subset['classes']) == set(labels.tolist())  # every class keeps at least one clip
+  assert len(subset['indices']) < len(labels)
+  steps = [r['step'] for r in metrics_lib.read_jsonl(os.path.join(run, 'metrics.jsonl')) if 'loss' in r]
+  assert steps == list(range(1, 7))
+  assert any('test_top1' in r for r in metrics_lib.read_jsonl(os.path.join(run, 'metrics.jsonl')))
+  # The same command with a longer budget resumes from the last checkpoint.
+  out = subprocess.run(_cmd(built, pretrain_run, run, 8, '--config.label_fraction=0.3'), cwd=helpers.REPO,
+                       capture_output=True, text=True)
+  assert out.returncode == 0 and 'Resumed from step 6' in out.stderr, out.stderr[-3000:]
+  # A fine-tuned checkpoint exports to VideoMAEForVideoClassification.
+  w = export.load(run)
+  assert w.num_classes == 32
+  hf_dir = str(tmp_path / 'hf')
+  export.write(w, 'hf', hf_dir)
+  model, info = VideoMAEForVideoClassification.from_pretrained(hf_dir, output_loading_info=True)
+  assert not info['missing_keys'] and not info['unexpected_keys']
+  assert model.config.num_labels == 32
+
+
+def test_init_takes_the_encoder_and_keeps_the_new_head(pretrain_run):
+  cfg = videomae.ModelConfig(size='T', frames=4, image_size=32, dtype='float32')
+  fns = ft.ClassifierFns.create(cfg, 32, 0.001)
+  fresh = fns.init(0)
+  params = ft.init_from_pretrained(fresh, pretrain_run, cfg)
+  pre = export.load(pretrain_run).params['encoder']
+  np.testing.assert_array_equal(params['encoder']['blocks'][1]['mlp']['fc2']['kernel'],
+                                pre['blocks'][1]['mlp']['fc2']['kernel'])
+  np.testing.assert_array_equal(params['head']['kernel'], fresh['head']['kernel'])
+  assert 'norm' not in params['encoder']
+  assert float(np.abs(np.asarray(fresh['head']['kernel'])).max()) < 1e-3  # head init scaled by 0.001
+
+
+def test_weights_of_another_size_are_refused(pretrain_run):
+  cfg = videomae.ModelConfig(size='XS', frames=4, image_size=32, dtype='float32')
+  fns = ft.ClassifierFns.create(cfg, 32, 0.001)
+  with pytest.raises(convert.WeightsError, match=r'a T model .* cannot initialise the XS config'):
+    ft.init_from_pretrained(fns.init(0), pretrain_run, cfg)
+
+
+def test_layer_decay_scales():
+  cfg = videomae.ModelConfig(size='T', frames=4, image_size=32)
+  params = jax.eval_shape(lambda: ft.ClassifierFns.create(cfg, 32, 0.001).init(0))
+  s = convert.flatten(ft.layer_scales(params, depth=2, decay=0.5))
+  assert s['encoder/patch_embed/kernel'] == 0.125 and s['encoder/blocks/0/attn/qkv/kernel'] == 0.25
+  assert s['encoder/blocks/1/mlp/fc1/bias'] == 0.5 and s['head/kernel'] == 1.0 and s['fc_norm/scale'] == 1.0
+
+
+def test_mixup_cutmix_targets():
+  video = np.random.default_rng(0).integers(0, 256, (4, 2, 8, 8, 3), dtype=np.uint8)
+  labels = np.array([0, 1, 2, 3])
+  for seed in range(6):
+    x, t = ft.mix(video, labels, jax.random.key(seed), 5, mixup=0.8, cutmix=1.0, smoothing=0.1)
+    t = np.asarray(t)
+    np.testing.assert_allclose(t.sum(1), 1.0, atol=1e-6)
+    assert x.shape == video.shape and (t.max(1) < 0.92 + 1e-6).all()  # smoothed: never a hard 1
+  _, t = ft.mix(video, labels, jax.random.key(0), 5, mixup=0.0, cutmix=0.0, smoothing=0.1)
+  np.testing.assert_allclose(np.asarray(t)[0], [0.92, 0.02, 0.02, 0.02, 0.02], atol=1e-6)
+
+
+def test_augmentation_is_the_same_for_every_frame():
+  rng = np.random.default_rng(0)
+  frame = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+  clip = np.stack([frame] * 4)
+  for seed in range(5):
+    out = data_lib.rand_augment(clip, 4, 7, np.random.default_rng(seed))
+    assert all(np.array_equal(out[0], f) for f in out[1:])
+    erased = data_lib.random_erase(clip, 1.0, np.random.default_rng(seed))
+    assert all(np.array_equal(erased[0], f) for f in erased[1:]) and not np.array_equal(erased, clip)
+
+
+def test_labelled_subset_and_class_balanced_sampling():
+  labels = np.array([0] * 90 + [1] * 9 + [2])
+  sub = data_lib.labelled_subset(labels, 0.1, seed=0)
+  assert sorted(set(labels[sub].tolist())) == [0, 1, 2] and len(sub) == 9 + 1 + 1
+  assert np.array_equal(sub, data_lib.labelled_subset(labels, 0.1, seed=0))
+  cfg = data_lib.FinetuneInputConfig(class_balanced=True)
+  aug = data_lib.ClipAugmenter(None, np.arange(100), labels, cfg)
+  drawn = np.bincount(labels[[aug.record_index(g) for g in range(3000)]], minlength=3) / 3000
+  assert np.all(np.abs(drawn - 1 / 3) < 0.05), drawn
+  plain = data_lib.ClipAugmenter(None, np.arange(100), labels, data_lib.FinetuneInputConfig())
+  assert sorted(plain.record_index(g) for g in range(100)) == list(range(100))  # an epoch: a permutation
