@@ -18,6 +18,7 @@ from absl import flags
 from PIL import Image, ImageEnhance, ImageOps
 
 from mgjax.data import records
+from mgjax.data.pretrain import ProcessSlice, flatten_repeats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,18 +165,6 @@ def labelled_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
   return np.sort(np.asarray(keep))
 
 
-class _ProcessSlice:
-  def __init__(self, per: int, index: int, count: int):
-    self.per, self.index, self.count = per, index, count
-
-  def __call__(self, j: int) -> int:
-    return (j // self.per) * self.per * self.count + self.index * self.per + j % self.per
-
-
-def _flatten(batch):
-  return {k: v.reshape((-1,) + v.shape[2:]) for k, v in batch.items()}
-
-
 def make_dataset(source, indices: Sequence[int], labels: np.ndarray, cfg: FinetuneInputConfig,
                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
   per_process = cfg.global_batch // process_count
@@ -183,9 +172,9 @@ def make_dataset(source, indices: Sequence[int], labels: np.ndarray, cfg: Finetu
     raise ValueError(f'global_batch {cfg.global_batch} must split into {process_count} processes and then '
                      f'into groups of num_repeats={cfg.num_repeats}')
   per = per_process // cfg.num_repeats
-  ds = grain.MapDataset.range(2**62).map(_ProcessSlice(per, process_index, process_count))
+  ds = grain.MapDataset.range(2**62).map(ProcessSlice(per, process_index, process_count))
   ds = ds.map(ClipAugmenter(source, np.asarray(indices), np.asarray(labels), cfg))
-  ds = ds.batch(per, drop_remainder=True).map(_flatten)
+  ds = ds.batch(per, drop_remainder=True).map(flatten_repeats)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if cfg.workers > 0:
     if not flags.FLAGS.is_parsed():

@@ -148,7 +148,7 @@ class ClipMaker:
     return {'video': np.stack(views), 'mask': np.stack(masks)}
 
 
-class _ProcessSlice:
+class ProcessSlice:
   """This process's j-th element -> its global position: each global batch is cut into process_count
   consecutive slices, so global batches are the same whatever the number of processes."""
 
@@ -159,7 +159,7 @@ class _ProcessSlice:
     return (j // self.per) * self.per * self.count + self.index * self.per + j % self.per
 
 
-def _flatten_repeats(batch):
+def flatten_repeats(batch):
   return {k: v.reshape((-1,) + v.shape[2:]) for k, v in batch.items()}
 
 
@@ -174,9 +174,9 @@ def make_dataset(cfg: PipelineConfig, process_index: int = 0, process_count: int
     raise ValueError(f'global_batch {cfg.global_batch} must split into {process_count} processes and '
                      f'then into groups of num_repeats={repeats}')
   per = per_process // repeats  # decoded windows per process per batch
-  ds = grain.MapDataset.range(2**62).map(_ProcessSlice(per, process_index, process_count))
+  ds = grain.MapDataset.range(2**62).map(ProcessSlice(per, process_index, process_count))
   ds = ds.map(ClipMaker(source, cfg))
-  ds = ds.batch(per, drop_remainder=True).map(_flatten_repeats)
+  ds = ds.batch(per, drop_remainder=True).map(flatten_repeats)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if cfg.workers > 0:
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app use defaults

@@ -10,25 +10,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from mgjax.models import vit
+from mgjax.models import videomae, vit
 from mgjax.models.videomae import IMAGENET_MEAN, IMAGENET_STD, SIZES, ModelConfig
-
-
-class ClassifierEncoder(nnx.Module):
-  """Encoder of a fine-tuned model: patch embedding and blocks (its norm is fc_norm, after pooling)."""
-
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    dim, depth, heads = SIZES[cfg.size][:3]
-    dtype = jnp.dtype(cfg.dtype)
-    self.patch_embed = vit.PatchEmbed(dim, cfg.patch, cfg.tubelet, dtype=dtype, rngs=rngs)
-    self.blocks = vit.make_blocks(dim, depth, heads, drop_path=cfg.drop_path, dtype=dtype,
-                                  attention=cfg.attention, rngs=rngs)
-    self.num_tokens, self.dim, self.remat = cfg.num_tokens, dim, cfg.remat
-
-  def __call__(self, patches, key=None):
-    x = self.patch_embed(patches)
-    x = x + vit.sinusoid_table(self.num_tokens, self.dim).astype(x.dtype)
-    return vit.run_blocks(self.blocks, x, key, self.remat)
 
 
 class VideoClassifier(nnx.Module):
@@ -37,7 +20,7 @@ class VideoClassifier(nnx.Module):
     self.cfg = cfg
     dim = SIZES[cfg.size][0]
     dtype = jnp.dtype(cfg.dtype)
-    self.encoder = ClassifierEncoder(cfg, rngs=rngs)
+    self.encoder = videomae.Encoder(cfg, final_norm=False, rngs=rngs)  # fc_norm comes after pooling
     self.fc_norm = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.head = nnx.Linear(dim, num_classes, kernel_init=nnx.initializers.truncated_normal(0.02 * init_scale),
                            dtype=dtype, rngs=rngs)
@@ -46,7 +29,7 @@ class VideoClassifier(nnx.Module):
     """uint8 (B, T, H, W, 3) -> pooled, normalised features (B, D)."""
     x = video.astype(jnp.float32) / 255.0
     patches = vit.patchify((x - IMAGENET_MEAN) / IMAGENET_STD, self.cfg.patch, self.cfg.tubelet)
-    return self.fc_norm(self.encoder(patches, key).mean(axis=1))
+    return self.fc_norm(self.encoder(patches, None, key).mean(axis=1))
 
   def __call__(self, video, key=None):
     return self.head(self.features(video, key)).astype(jnp.float32)

@@ -64,14 +64,17 @@ class ModelConfig:
 
 
 class Encoder(nnx.Module):
+  """Patch embedding + fixed position table + blocks (+ the final norm; a classifier has fc_norm instead)."""
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, *, final_norm: bool = True, rngs: nnx.Rngs):
     dim, depth, heads = SIZES[cfg.size][:3]
     dtype = jnp.dtype(cfg.dtype)
     self.patch_embed = vit.PatchEmbed(dim, cfg.patch, cfg.tubelet, dtype=dtype, rngs=rngs)
     self.blocks = vit.make_blocks(dim, depth, heads, drop_path=cfg.drop_path, dtype=dtype,
                                   attention=cfg.attention, rngs=rngs)
-    self.norm = nnx.LayerNorm(dim, epsilon=vit.LN_EPS, dtype=dtype, rngs=rngs)
+    if final_norm:
+      self.norm = nnx.LayerNorm(dim, epsilon=vit.LN_EPS, dtype=dtype, rngs=rngs)
+    self.final_norm = final_norm
     self.num_tokens, self.dim, self.remat = cfg.num_tokens, dim, cfg.remat
 
   def __call__(self, patches, visible: Optional[jax.Array] = None, key=None):
@@ -80,7 +83,8 @@ class Encoder(nnx.Module):
     x = x + vit.sinusoid_table(self.num_tokens, self.dim).astype(x.dtype)  # fixed table, not a Param
     if visible is not None:
       x = jnp.take_along_axis(x, visible[..., None], axis=1)
-    return self.norm(vit.run_blocks(self.blocks, x, key, self.remat))
+    x = vit.run_blocks(self.blocks, x, key, self.remat)
+    return self.norm(x) if self.final_norm else x
 
 
 class Decoder(nnx.Module):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -222,7 +221,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   preempt = pretrain_loop._Preemption()  # pylint: disable=protected-access
   base_key = jax.random.key(config.seed)
   history, evals = [], {}
-  t_last, step_last = time.time(), start
+  progress = metrics_lib.Progress(start, total_steps, config.global_batch, config.log_every, writer)
   try:
     for step in range(start, total_steps):
       host = next(data_iter)
@@ -236,12 +235,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             f'after the last checkpoint (step {mngr.latest_step()}) was saved.')
       history.append(float(m['loss']))
       writer.scalars(done, {'loss': m['loss'], 'grad_norm': m['grad_norm'], 'lr': m['lr']})
-      if done % config.log_every == 0 or done == total_steps:
-        now = time.time()
-        rate = (done - step_last) * config.global_batch / max(now - t_last, 1e-9)
-        metrics_lib.console(done, total_steps, float(m['loss']), float(m['lr']), rate,
-                            (total_steps - done) * config.global_batch / max(rate, 1e-9))
-        t_last, step_last = now, done
+      progress.update(done, float(m['loss']), float(m['lr']))
       if config.eval_every and (done % config.eval_every == 0 or done == total_steps):
         r = evaluate_top1(fns, state['params'], test_src, model_cfg, d.stride, config.eval_limit)
         evals[done] = r['top1']

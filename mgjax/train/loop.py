@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import jax
 import jax.numpy as jnp
@@ -174,7 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---- Loop.
   history = []
-  t_last, step_last = time.time(), start
+  progress = metrics_lib.Progress(start, total_steps, config.global_batch, config.log_every, writer)
   compiled = None
   try:
     for step in range(start, total_steps):
@@ -204,13 +203,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f'(--config.optim.clip_norm).')
       history.append(float(m['loss']))
       writer.scalars(done, {'loss': m['loss'], 'grad_norm': m['grad_norm'], 'lr': m['lr']})
-      if done % config.log_every == 0 or done == total_steps:
-        now = time.time()
-        rate = (done - step_last) * config.global_batch / max(now - t_last, 1e-9)
-        metrics_lib.console(done, total_steps, float(m['loss']), float(m['lr']), rate,
-                            (total_steps - done) * config.global_batch / max(rate, 1e-9))
-        writer.scalars(done, {'clips_per_s': rate})
-        t_last, step_last = now, done
+      progress.update(done, float(m['loss']), float(m['lr']))
       if config.viz_every and jax.process_count() == 1 and (done % config.viz_every == 0 or done == total_steps):
         _write_reconstruction(workdir, writer, done, eval_recon, state['params'], host, model_cfg, mesh)
       if preempt.requested:

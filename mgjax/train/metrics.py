@@ -50,6 +50,25 @@ class MetricWriter:
       self._tb.close()
 
 
+class Progress:
+  """The console line every `every` steps (and at the last), with clips/s over the interval and ETA."""
+
+  def __init__(self, start: int, total: int, global_batch: int, every: int, writer: MetricWriter):
+    import time  # pylint: disable=g-import-not-at-top
+    self._time = time.time
+    self.total, self.batch, self.every, self.writer = total, global_batch, every, writer
+    self.t_last, self.step_last = self._time(), start
+
+  def update(self, done: int, loss: float, lr: float):
+    if done % self.every and done != self.total:
+      return
+    now = self._time()
+    rate = (done - self.step_last) * self.batch / max(now - self.t_last, 1e-9)
+    console(done, self.total, loss, lr, rate, (self.total - done) * self.batch / max(rate, 1e-9))
+    self.writer.scalars(done, {'clips_per_s': rate})
+    self.t_last, self.step_last = now, done
+
+
 def console(step: int, total: int, loss: float, lr: float, clips_per_s: float, eta_s: float):
   logging.info('step %d/%d  loss %.4f  lr %.3g  %.1f clips/s  ETA %s', step, total, loss, lr, clips_per_s,
                _hms(eta_s))
