@@ -184,10 +184,70 @@ def _read_safetensors(path: str) -> dict:
   return load_file(path)
 
 
-def load(path: str) -> Weights:
-  """Weights from an mgjax workdir or checkpoint, or from a directory `write` made."""
+def _size_of(dim: int, depth: int, where: str) -> str:
+  for name, s in videomae.SIZES.items():
+    if s[0] == dim and s[1] == depth:
+      return name
+  raise convert.WeightsError(f'{where}: no model size has width {dim} and depth {depth} '
+                             f'(known: { {k: v[:2] for k, v in videomae.SIZES.items()} })')
+
+
+def _load_foreign_hf(path: str) -> Weights:
+  """A transformers VideoMAE directory that mgjax did not write (e.g. one from the Hub)."""
+  c = json.load(open(os.path.join(path, 'config.json')))
+  size = _size_of(c['hidden_size'], c['num_hidden_layers'], path)
+  model = videomae.ModelConfig(size=size, frames=c.get('num_frames', 16), image_size=c.get('image_size', 224),
+                               patch=c.get('patch_size', 16), tubelet=c.get('tubelet_size', 2),
+                               decoder_depth=c.get('decoder_num_hidden_layers'))
+  classifier = any('Classification' in a for a in c.get('architectures', []))
+  num_classes = len(c.get('id2label', {})) or c.get('num_labels') if classifier else None
+  files = [f for f in ('model.safetensors', 'pytorch_model.bin') if os.path.exists(os.path.join(path, f))]
+  if not files:
+    raise CheckpointError(f'{path}: no model.safetensors or pytorch_model.bin')
+  sd = _read_state_dict(os.path.join(path, files[0]))
+  if not classifier and not any(k.startswith('decoder.') for k in sd):  # a VideoMAEModel: encoder only
+    sd = {k if k.startswith('videomae.') else 'videomae.' + k: v for k, v in sd.items()}
+    tmpl = {'encoder': template(model)['encoder']}
+    names = set(convert.to_hf(jax.tree.map(lambda x: np.zeros(x.shape, np.float32), tmpl)))
+    params = convert.from_hf({k: v for k, v in sd.items() if k in names}, tmpl)
+    return Weights(params, model, None, encoder_only=True)
+  return Weights(convert.from_hf(sd, template(model, num_classes)), model, num_classes)
+
+
+def _read_state_dict(path: str) -> dict:
+  if path.endswith('.safetensors'):
+    return _read_safetensors(path)
+  import torch  # pylint: disable=g-import-not-at-top
+  sd = torch.load(path, map_location='cpu', weights_only=True)
+  sd = convert._unwrap(sd)  # pylint: disable=protected-access
+  return {k: v.float().numpy() for k, v in sd.items()}
+
+
+def _load_official_file(path: str, frames: int = 16, image_size: int = 224) -> Weights:
+  """An official MCG-NJU checkpoint file (.pth / .safetensors; pretraining or fine-tuned layout). Frames
+  and image size are not stored in it (no position table): they come from the caller."""
+  sd = convert._unwrap(_read_state_dict(path))  # pylint: disable=protected-access
+  finetuned = 'head.weight' in sd
+  pre = '' if finetuned else 'encoder.'
+  w = sd[f'{pre}patch_embed.proj.weight']
+  depth = len({k.split('.')[1 + (not finetuned)] for k in sd if k.startswith(f'{pre}blocks.')})
+  ddepth = len({k.split('.')[2] for k in sd if k.startswith('decoder.blocks.')}) or None
+  model = videomae.ModelConfig(size=_size_of(w.shape[0], depth, path), frames=frames, image_size=image_size,
+                               patch=w.shape[-1], tubelet=w.shape[2], decoder_depth=ddepth)
+  num_classes = sd['head.weight'].shape[0] if finetuned else None
+  return Weights(convert.from_official(sd, template(model, num_classes)), model, num_classes)
+
+
+def load(path: str, frames: int = 16, image_size: int = 224) -> Weights:
+  """Weights from an mgjax workdir or checkpoint, a directory `write` made, a transformers VideoMAE
+  directory, or an official checkpoint file (whose frames and image size the caller gives)."""
   meta_path = os.path.join(path, MODEL_JSON)
+  if os.path.isfile(path):
+    return _load_official_file(path, frames, image_size)
   if not os.path.exists(meta_path):
+    if os.path.exists(os.path.join(path, 'config.json')) and json.load(
+        open(os.path.join(path, 'config.json'))).get('model_type') == 'videomae':
+      return _load_foreign_hf(path)
     return load_mgjax_checkpoint(path)
   meta = json.load(open(meta_path))
   model = videomae.ModelConfig(**meta['model'])

@@ -160,3 +160,29 @@ def test_errors_name_the_path_or_the_parameters(workdir, tmp_path):
   sd = convert.to_official(export.load(workdir).params)
   with pytest.raises(convert.WeightsError, match=r'48 wrong shape: .*decoder.blocks.0.attn.qkv.weight: file \(96, 32\), model \(192, 64\)'):
     convert.from_official(sd, export.template(videomae.ModelConfig(size='XS', frames=4, image_size=32)))
+
+
+def test_foreign_transformers_and_official_files_load(workdir, tmp_path):
+  """Checkpoints mgjax did not write: a transformers directory (as saved by transformers itself) and an
+  official .pth file, both usable as fine-tuning init."""
+  w = export.load(workdir)
+  hf_dir = str(tmp_path / 'hf')
+  export.write(w, 'hf', hf_dir)
+  model = VideoMAEForPreTraining.from_pretrained(hf_dir)
+  saved = str(tmp_path / 'saved_by_transformers')
+  model.save_pretrained(saved)  # transformers' own layout (5.x names), no mgjax_model.json
+  assert not os.path.exists(os.path.join(saved, export.MODEL_JSON))
+  back = export.load(saved)
+  assert back.model.size == 'T' and back.model.frames == w.model.frames
+  for k, v in convert.flatten(back.params).items():
+    np.testing.assert_array_equal(v, convert.flatten(w.params)[k], err_msg=k)
+  enc = export.load(os.path.join(hf_dir, 'encoder'))  # a VideoMAEModel directory: the encoder
+  assert enc.encoder_only
+  official = str(tmp_path / 'official')
+  export.write(w, 'official', official)
+  from_pth = export.load(os.path.join(official, 'model.pth'), frames=w.model.frames,
+                         image_size=w.model.image_size)
+  shape = lambda m: (m.size, m.frames, m.image_size, m.patch, m.tubelet, m.decoder_depth)
+  assert shape(from_pth.model) == shape(w.model)
+  for k, v in convert.flatten(from_pth.params).items():
+    np.testing.assert_array_equal(v, convert.flatten(w.params)[k], err_msg=k)

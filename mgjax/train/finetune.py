@@ -106,7 +106,7 @@ def init_from_pretrained(params: dict, path: str, cfg: videomae.ModelConfig) -> 
   """Encoder weights from a pretraining checkpoint, an export, or a fine-tuned model; fc_norm and head
   stay as initialised. The pretraining encoder's final norm has no place under mean pooling (as in the
   official fine-tuning code) and is dropped."""
-  w = export.load(path)
+  w = export.load(path, frames=cfg.frames, image_size=cfg.image_size)
   if (w.model.size, w.model.patch, w.model.tubelet) != (cfg.size, cfg.patch, cfg.tubelet):
     raise convert.WeightsError(
         f'{path}: a {w.model.size} model (patch {w.model.patch}, tubelet {w.model.tubelet}) cannot initialise '
