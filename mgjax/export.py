@@ -164,7 +164,7 @@ def write(w: Weights, fmt: str, out: str):
     _save_safetensors(sd, os.path.join(out, 'model.safetensors'))
     try:
       import torch  # pylint: disable=g-import-not-at-top
-      torch.save({'model': {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in sd.items()}},
+      torch.save({'model': {k: torch.from_numpy(np.array(v, np.float32)) for k, v in sd.items()}},
                  os.path.join(out, 'model.pth'))
     except ImportError:
       pass
