@@ -133,12 +133,16 @@ class ClipAugmenter:
     else:
       self.weights = None
     self.n = n
+    self._epoch, self._order = None, None
 
   def record_index(self, g: int) -> int:
     epoch, pos = divmod(g, self.n)
-    rng = np.random.default_rng((self.cfg.seed, 1, epoch))
-    order = rng.choice(self.n, self.n, p=self.weights) if self.weights is not None else rng.permutation(self.n)
-    return int(self.indices[order[pos]])
+    if epoch != self._epoch:  # one order per epoch, drawn once per process
+      rng = np.random.default_rng((self.cfg.seed, 1, epoch))
+      self._order = (rng.choice(self.n, self.n, p=self.weights) if self.weights is not None
+                     else rng.permutation(self.n))
+      self._epoch = epoch
+    return int(self.indices[self._order[pos]])
 
   def __call__(self, g: int):
     cfg = self.cfg

@@ -60,11 +60,11 @@ class WindowSampler:
         continue
       if cfg.sampling == 'uniform':
         offset = int(rng.integers(n_valid))
-        return records.gather(self.source, index, offset + self.span), offset
+        return records.gather(self.source, index, offset + self.span, first), offset
       if float(first['motion_energy']) < cfg.static_motion and rng.random() >= cfg.static_keep:
         index = _resample_index(rng, len(self.source))
         continue
-      recs = records.gather(self.source, index, n_valid - 1 + self.span)
+      recs = records.gather(self.source, index, n_valid - 1 + self.span, first)
       cuts = np.flatnonzero(records.concat(recs, 'cut'))  # cut at c: between frames c-1 and c
       offsets = np.arange(n_valid)
       # A window [o, o + span - 1] contains a cut c when o < c <= o + span - 1.

@@ -44,9 +44,10 @@ def valid_offsets(record: dict, num_frames: int, stride: int) -> int:
   return int(np.clip(last_start - int(record['start_frame']) + 1, 0, int(record['num_frames'])))
 
 
-def gather(source, index: int, num_frames: int) -> list:
-  """Records from chunk `index` on, same video, until they hold `num_frames` frames or the video ends."""
-  recs = [source[index]]
+def gather(source, index: int, num_frames: int, first=None) -> list:
+  """Records from chunk `index` on, same video, until they hold `num_frames` frames or the video ends.
+  `first` may pass source[index] when the caller has already read it."""
+  recs = [source[index] if first is None else first]
   have = int(recs[0]['num_frames'])
   while have < num_frames:
     if index + len(recs) >= len(source):
