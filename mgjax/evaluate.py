@@ -42,7 +42,7 @@ config_flags.DEFINE_config_file('config', None, 'Evaluation config.', lock_confi
 
 
 def load_model(config):
-  """(module, Weights-like info, is_pretraining) for the checkpoint, or a random model."""
+  """(module, model config, num_classes or None for a pretraining model): the checkpoint, or random."""
   if config.checkpoint == 'random':
     cfg = videomae.ModelConfig(**config.model.to_dict(), dtype='float32')
     return videomae.VideoMAE(cfg, rngs=nnx.Rngs(config.seed)), cfg, None
@@ -70,7 +70,7 @@ def recognition(module, cfg, source, config, workdir) -> dict:
   probs, labels = [], []
   for i in tqdm.trange(len(source), desc='recognition', unit='clip', leave=False):
     r = source[i]
-    views = _crops(features.clip_views(r, cfg.frames, config.stride, config.test_clips, _long(cfg)),
+    views = _crops(features.clip_views(r, cfg.frames, config.stride, config.test_clips, cfg.image_size),
                    cfg.image_size, config.test_crops)
     probs.append(np.asarray(fn(jnp.asarray(views))).mean(0))
     labels.append(int(r['label']))
@@ -82,10 +82,6 @@ def recognition(module, cfg, source, config, workdir) -> dict:
   _heatmap(conf).save(path)
   out['confusion_png'] = os.path.basename(path)
   return out
-
-
-def _long(cfg):
-  return cfg.image_size  # windows are first resized so the short side is image_size
 
 
 def _crops(views: np.ndarray, size: int, n: int) -> np.ndarray:

@@ -10,6 +10,7 @@ from flax import nnx
 
 from mgjax import evaluate as evaluate_lib
 from mgjax import export
+from mgjax.data import records
 from mgjax.evals import features, knn, metrics, retrieval
 from mgjax.models import classifier as classifier_lib
 from mgjax.models import videomae
@@ -58,7 +59,7 @@ def test_five_tasks_end_to_end(built, classifier_dir, tmp_path):
   _check_classification(saved['linear_probe'])
   r = saved['retrieval']
   assert 0 <= r['recall@1'] <= r['recall@5'] <= r['recall@10'] <= 1 and 0 < r['mAP'] <= 1
-  assert r['queries'] == len(__import__('mgjax.data.records', fromlist=['x']).data_source(built, 'clips', 'test'))
+  assert r['queries'] == len(records.data_source(built, 'clips', 'test'))
   e = saved['emotion']
   assert e['train_videos'] > 0 and e['test_videos'] > 0
   for how in ('from_features', 'from_gesture_histogram'):

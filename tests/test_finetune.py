@@ -13,6 +13,7 @@ from transformers import VideoMAEForVideoClassification
 
 from mgjax import export
 from mgjax.data import finetune as data_lib
+from mgjax.data import records
 from mgjax.models import convert, videomae
 from mgjax.train import finetune as ft
 from mgjax.train import metrics as metrics_lib
@@ -34,8 +35,7 @@ def test_finetune_from_pretraining_resumes_and_exports(built, pretrain_run, tmp_
   assert out.returncode == 0, out.stderr[-3000:]
   assert f'Fine-tuning T from {pretrain_run}' in out.stderr and 'test top-1' in out.stderr
   subset = json.load(open(os.path.join(run, 'labelled_subset.json')))
-  labels = data_lib.read_labels(built, 'clips', 'train', __import__('mgjax.data.records', fromlist=['x'])
-                                .data_source(built, 'clips', 'train'))
+  labels = data_lib.read_labels(built, 'clips', 'train', records.data_source(built, 'clips', 'train'))
   assert set(subset['classes']) == set(labels.tolist())  # every class keeps at least one clip
   assert len(subset['indices']) < len(labels)
   steps = [r['step'] for r in metrics_lib.read_jsonl(os.path.join(run, 'metrics.jsonl')) if 'loss' in r]

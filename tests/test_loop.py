@@ -101,10 +101,11 @@ def test_non_finite_loss_stops_with_a_clear_message(built, tmp_path):
   out = _run(_cmd(built, run, 40, '--config.optim.base_lr=1e12'))
   assert out.returncode != 0
   assert 'non-finite loss' in out.stderr, out.stderr[-3000:]
+  import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   for step in _checkpoints(run):
     restored = ocp.StandardCheckpointer().restore(os.path.join(run, 'checkpoints', str(step), 'state'))
-    assert all(np.isfinite(np.asarray(x)).all() for x in __import__('jax').tree.leaves(restored)), step
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored)), step
 
 
 def test_run_writes_what_users_look_at(built, tmp_path):

@@ -169,7 +169,7 @@ def main(argv=None):
 
   # Storage alternative: the first video's chunks as short-GOP H.264.
   gop, chunk_len = 16, int(first['num_frames'])
-  vid0 = [source[i] for i in range(len(source)) if source[i]['video_id'] == first['video_id']]
+  vid0 = [r for r in (source[i] for i in range(len(source))) if r['video_id'] == first['video_id']]
   chunks = [encode_h264_chunk(r['frames'], gop) for r in vid0]
   h264_bytes_per_frame = sum(len(c) for c in chunks) / sum(int(r['num_frames']) for r in vid0)
   n0 = int(first['video_num_frames'])
