@@ -19,6 +19,7 @@ def get_config():
   c.model = dict(size='XS', frames=8, image_size=64, patch=16, tubelet=2, decoder_depth=2, mask_ratio=0.75)
   c.seed = 0
   c.stride = 4
+  c.pooling = 'mean'  # frozen features: 'mean' over tokens (VideoMAE) or 'temporal_std' (what moves)
   c.num_clips = 2  # temporal windows per clip for frozen features
   c.test_clips = 3  # recognition: temporal windows x ...
   c.test_crops = 3  # ... spatial crops, softmax averaged

@@ -10,7 +10,8 @@ results.json holds one entry per task that was asked for:
                  from_gesture_histogram{accuracy, f1, count}}
   recognition   {views, top1, top5, mean_class_accuracy, per_class_accuracy, confusion_png}
 An entry that could not run is {"skipped": reason}. Accuracies are fractions in [0, 1]. Beside them:
-checkpoint, model, data_dir. Features are cached in DIR/features/ and reused by later runs.
+checkpoint, model, data_dir, pooling (how frozen features pool the tokens: mean or temporal_std). Features
+are cached in DIR/features/ and reused by later runs.
 """
 
 from __future__ import annotations
@@ -114,13 +115,17 @@ def evaluate(config, workdir: str) -> dict:
   module, cfg, num_classes = load_model(config)
   train_src = records.data_source(config.data_dir, config.clips_config, 'train')
   test_src = records.data_source(config.data_dir, config.clips_config, 'test')
-  results = {'checkpoint': config.checkpoint, 'model': dataclasses.asdict(cfg), 'data_dir': config.data_dir}
+  if config.pooling not in features.POOLINGS:
+    raise ValueError(f'config.pooling: unknown pooling {config.pooling!r}; known: {features.POOLINGS}')
+  results = {'checkpoint': config.checkpoint, 'model': dataclasses.asdict(cfg), 'data_dir': config.data_dir,
+             'pooling': config.pooling}
   frozen = [t for t in tasks if t != 'recognition']
   if frozen:
-    fn = features.encoder_feature_fn(module, pretraining=num_classes is None)
+    fn = features.encoder_feature_fn(module, pretraining=num_classes is None, pooling=config.pooling)
     key = {'checkpoint': os.path.abspath(config.checkpoint) if config.checkpoint != 'random' else
            f'random:{cfg}:{config.seed}', 'data_dir': os.path.abspath(config.data_dir),
-           'frames': cfg.frames, 'stride': config.stride, 'num_clips': config.num_clips, 'size': cfg.image_size}
+           'frames': cfg.frames, 'stride': config.stride, 'num_clips': config.num_clips, 'size': cfg.image_size,
+           'pooling': config.pooling}
     feats = {}
     for split, src in (('train', train_src), ('test', test_src)):
       feats[split] = features.cached(
@@ -166,7 +171,8 @@ def report(results: dict) -> str:
         for kk, vv in v.items():
           if isinstance(vv, float):
             rows.append(f'| {task} | {k} {kk} | {100 * vv:.1f} |')
-  head = f'# Evaluation of {results["checkpoint"]}\n\nAccuracies in percent.\n\n'
+  head = (f'# Evaluation of {results["checkpoint"]}\n\nFrozen features: {results.get("pooling", "mean")} '
+          'pooling. Accuracies in percent.\n\n')
   return head + '\n'.join(rows) + '\n'
 
 

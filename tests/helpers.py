@@ -65,8 +65,9 @@ def decode_all(path: str, width=None, height=None) -> np.ndarray:
                      for f in c.decode(video=0)])
 
 
-def assert_frames_match(got: np.ndarray, video: np.ndarray, indices, tol: float = 4.0):
-  """got[j] is video[indices[j]] up to JPEG error, and each is closer to it than to its neighbours."""
+def assert_frames_match(got: np.ndarray, video: np.ndarray, indices, tol: float = 6.0):
+  """got[j] is video[indices[j]] up to JPEG error (q90 on small frames of sharp-edged drawings: a few
+  levels on average), and each is closer to it than to its neighbours."""
   got, video = got.astype(np.float32), video.astype(np.float32)
   indices = np.asarray(indices)
   err = np.abs(got - video[indices]).mean()

@@ -155,7 +155,7 @@ def test_custom_config_resizes_and_chunks(sample, tmp_path):
   video = helpers.decode_all(os.path.join(manual, 'videos', f'{vid}.mp4'), 80, 48)
   win = records.read_window(src, 0, 20, 16, 4)  # frames 20..80 over 3 chunks
   assert win.shape == (16, 48, 80, 3)
-  helpers.assert_frames_match(win, video, range(20, 81, 4), tol=6.0)  # JPEG error is larger when small
+  helpers.assert_frames_match(win, video, range(20, 81, 4), tol=8.0)  # JPEG and resize error: larger when small
 
 
 def test_cli_build_gives_the_same_records(sample, built, tmp_path):

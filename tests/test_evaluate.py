@@ -108,3 +108,26 @@ def test_binary_metrics_and_windows():
   assert idx.tolist() == [[0, 4, 8, 9], [0, 4, 8, 9]]  # shorter than a window: last frame repeats
   idx = features.window_indices(num_frames=40, frames=4, stride=2, num_clips=3)
   assert idx[0, 0] == 0 and idx[-1, -1] == 39 and idx.shape == (3, 4)
+
+
+def test_temporal_std_pooling_keeps_what_moves():
+  # 2 temporal slots x 3 positions x 2 channels; position 1 changes over time in channel 0 only.
+  tokens = np.zeros((1, 2, 3, 2), np.float32)
+  tokens[:, :, :, 1] = 5.0  # constant everywhere: the scene
+  tokens[0, 0, 1, 0], tokens[0, 1, 1, 0] = -1.0, 1.0
+  flat = tokens.reshape(1, 6, 2)
+  np.testing.assert_allclose(features.pool_tokens(flat, 2, 'mean'), [[0.0, 5.0]])
+  np.testing.assert_allclose(features.pool_tokens(flat, 2, 'temporal_std'), [[1 / 3, 0.0]], rtol=1e-6)
+  with pytest.raises(ValueError, match="unknown pooling 'max'"):
+    features.pool_tokens(flat, 2, 'max')
+
+
+def test_pooling_is_recorded_and_cached_apart(built, tmp_path):
+  work = str(tmp_path / 'eval')
+  mean = evaluate_lib.evaluate(_config('random', built, tasks=('knn',)), work)
+  std = evaluate_lib.evaluate(_config('random', built, tasks=('knn',), pooling='temporal_std'), work)
+  assert (mean['pooling'], std['pooling']) == ('mean', 'temporal_std')
+  assert len([f for f in os.listdir(os.path.join(work, 'features')) if f.endswith('.npz')]) == 4
+  assert 'temporal_std pooling' in open(os.path.join(work, 'report.md')).read()
+  with pytest.raises(ValueError, match="config.pooling: unknown pooling 'max'"):
+    evaluate_lib.evaluate(_config('random', built, tasks=('knn',), pooling='max'), work)

@@ -25,7 +25,10 @@ def _cmd(built, init, workdir, steps, *extra):
           f'--workdir={workdir}', f'--config.data.data_dir={built}', '--config.model.size=T',
           '--config.model.frames=4', '--config.model.image_size=32', '--config.global_batch=8',
           '--config.data.workers=0', f'--config.total_steps={steps}', '--config.checkpoint.every_steps=3',
-          '--config.eval_every=3', '--config.eval_limit=8', '--config.log_every=1', *extra]
+          '--config.eval_every=3', '--config.eval_limit=8', '--config.log_every=1',
+          # the full VideoMAE augmentation, which the demo config turns off for its 64-pixel clips
+          '--config.augment.mixup=0.8', '--config.augment.cutmix=1.0', '--config.data.randaug_n=2',
+          '--config.data.erase_prob=0.25', '--config.data.crop_scale=(0.08,1.0)', *extra]
 
 
 def test_finetune_from_pretraining_resumes_and_exports(built, pretrain_run, tmp_path):
@@ -53,6 +56,13 @@ def test_finetune_from_pretraining_resumes_and_exports(built, pretrain_run, tmp_
   model, info = VideoMAEForVideoClassification.from_pretrained(hf_dir, output_loading_info=True)
   assert not info['missing_keys'] and not info['unexpected_keys']
   assert model.config.num_labels == 32
+
+
+def test_bad_crop_scale_is_a_config_error(built, tmp_path):
+  out = subprocess.run(_cmd(built, '', str(tmp_path / 'ft'), 2, '--config.data.crop_scale=(0.5,1.5)'),
+                       cwd=helpers.REPO, capture_output=True, text=True)
+  assert out.returncode != 0 and 'config.data.crop_scale' in out.stderr
+  assert not os.path.exists(os.path.join(tmp_path, 'ft', 'checkpoints'))
 
 
 def test_init_takes_the_encoder_and_keeps_the_new_head(pretrain_run):

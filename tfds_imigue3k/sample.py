@@ -1,18 +1,20 @@
 """Synthetic iMiGUE-style manual_dir: press-conference videos of a seated figure making micro-gestures.
 
-    python -m tfds_imigue3k.sample OUT [--subjects 8] [--videos_per_subject 2] [--frames 500] [--seed 0]
+    python -m tfds_imigue3k.sample OUT [--subjects 8] [--videos_per_subject 2] [--frames 500] [--venues 4]
+        [--seed 0]
 
-writes OUT/labels.csv (iMiGUE schema), OUT/videos/<id>.mp4 (H.264), OUT/videos.csv (every video, the
+writes OUT/labels.csv (iMiGUE schema), OUT/videos/<id>.mp4 (MPEG-4), OUT/videos.csv (every video, the
 unlabelled ones included), OUT/protocol.json (cross-subject split of the sample's subjects, emotion split
 of its videos) and OUT/sample_truth.json (shot cuts and gestures as generated, for tests).
 
-Each frame shows a background (sponsor board, table) and a figure (head, hair, eyes, mouth, torso, arms,
-hands) whose look depends on the subject. Between segments the figure idles (slow sway, hands on the
-table), and some videos open on the empty room before the player sits down (a static stretch); in a
-segment it performs one of all 32 iMiGUE classes (`GESTURES`), from hand-to-jaw to a small
-lip press. Frames carry camera noise and flicker; some videos switch camera (a shot cut). A video's
-win/lose label decides which gestures it tends to contain (`POSITIVE`, `NEGATIVE`), so emotion can be
-learned from the gestures. Everything is drawn from one seed: the same arguments give the same bytes.
+Each frame shows a press room (sponsor board, table; `venues` rooms with two cameras each, shared by the
+videos as a few tournaments' rooms are) and a figure (head, hair, eyes, mouth, torso, arms, hands of
+human proportions) whose look depends on the subject. Between segments the figure idles (slow sway, hands
+on the table), and some videos open on the empty room before the player sits down (a static stretch); in
+a segment it performs one of all 32 iMiGUE classes (`GESTURES`), from hand-to-jaw to a small lip press.
+Frames carry camera noise and flicker; some videos switch camera (a shot cut). A video's win/lose label
+decides which gestures it tends to contain (`POSITIVE`, `NEGATIVE`), so emotion can be learned from the
+gestures. Everything is drawn from one seed: the same arguments give the same bytes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from PIL import Image, ImageDraw
 from tfds_imigue3k import labels as labels_lib
 
 FPS = 25
+HAND = 0.5  # hand radius in head radii: a hand is about three quarters of a face long
 
 # Gestures: per class (0-based index into classes.tsv), which hand goes where, how it moves there, and
 # what the head / body / mouth do. Anchors are named points on the figure (see _anchors); 'osc' is the
@@ -108,12 +111,12 @@ def _make_subject(rng, subject_id):
   skin = skin_base[rng.integers(len(skin_base))] + rng.integers(-12, 12, 3)
   return Subject(subject_id, tuple(int(c) for c in skin.clip(0, 255)), _color(rng, 20, 230),
                  _color(rng, 10, 120), float(rng.uniform(0.10, 0.12)), float(rng.uniform(1.7, 2.3)),
-                 float(rng.uniform(0.42, 0.58)))
+                 float(rng.uniform(0.45, 0.55)))
 
 
 def _make_view(rng):
   return View(_color(rng, 40, 220), _color(rng, 30, 240), _color(rng, 0, 255),
-              float(rng.uniform(0.9, 1.3)), float(rng.uniform(-0.08, 0.08)))
+              float(rng.uniform(0.95, 1.2)), float(rng.uniform(-0.05, 0.05)))
 
 
 def _ease(p):
@@ -179,7 +182,7 @@ class Renderer:
     anchors = self.anchors(cx, head, shoulder_y, r)
     hands = [self._hand(anchors, pose, side) for side in ('r', 'l')]
     shoulders = [(cx + sw, shoulder_y), (cx - sw, shoulder_y)]
-    arm_w = max(2, int(0.45 * r))
+    arm_w = max(2, int(0.7 * r))  # an upper arm is about half a head wide
     sleeve = tuple(int(c * 0.6) for c in s.shirt)  # darker than the torso, so arms show in front of it
     if pose['behind']:
       for sh, hd in zip(shoulders, hands):
@@ -210,7 +213,7 @@ class Renderer:
       ox, oy = hands[0]
       d.rectangle([ox - 0.25 * r, oy - 1.0 * r, ox + 0.25 * r, oy + 0.2 * r], fill=(40, 120, 220))
     for hd in hands:
-      d.ellipse([hd[0] - 0.33 * r, hd[1] - 0.33 * r, hd[0] + 0.33 * r, hd[1] + 0.33 * r], fill=s.skin)
+      d.ellipse([hd[0] - HAND * r, hd[1] - HAND * r, hd[0] + HAND * r, hd[1] + HAND * r], fill=s.skin)
     return np.asarray(img)
 
   def _hand(self, anchors, pose, side):
@@ -336,7 +339,7 @@ def _render_video(spec):
 def generate(out_dir: str, subjects: int = 8, videos_per_subject: int = 2, frames: int = 500,
              width: int = 320, height: int = 180, unlabelled: int = 2, cut_prob: float = 0.4,
              static_prob: float = 0.3, seed: int = 0, test_fraction: float = 0.375, workers: int = 0,
-             codec: str = 'mpeg4') -> dict:
+             codec: str = 'mpeg4', venues: int = 4) -> dict:
   """Writes a sample manual_dir to out_dir. Returns the ground truth it also saves as sample_truth.json."""
   if width % 2 or height % 2:
     raise ValueError(f'width and height must be even for H.264, got {width}x{height}')
@@ -348,6 +351,9 @@ def generate(out_dir: str, subjects: int = 8, videos_per_subject: int = 2, frame
   n_test = max(1, int(round(subjects * test_fraction)))
   subject_ids = (official['train_subject_ids'][:subjects - n_test] + official['test_subject_ids'][:n_test])
   rows, videos, specs, truth = [], [], [], {'videos': {}}
+  # Press rooms: each has a backdrop and two cameras; a video is filmed in one of them.
+  venue_rng = np.random.default_rng((seed, 7))
+  venue_views = [(_make_view(venue_rng), _make_view(venue_rng)) for _ in range(venues)]
   vid_num = 0
   for si, sid in enumerate(subject_ids):
     subject = _make_subject(rng, sid)
@@ -366,7 +372,7 @@ def generate(out_dir: str, subjects: int = 8, videos_per_subject: int = 2, frame
           break
         segs.append((t, t + length - 1, int(rng.choice(32, p=probs))))
         t += length + int(rng.integers(8, 35))
-      views = [_make_view(rng), _make_view(rng)]
+      views = list(venue_views[int(rng.integers(venues))]) if venues else [_make_view(rng), _make_view(rng)]
       cut = int(rng.integers(frames // 4, 3 * frames // 4)) if rng.random() < cut_prob else None
       if cut is not None and segs:  # cut in an idle gap, never inside a gesture
         gaps = [(a[1] + 3, b[0] - 3) for a, b in zip(segs, segs[1:]) if b[0] - a[1] > 8]
@@ -434,11 +440,12 @@ def main(argv=None):
   ap.add_argument('--static_prob', type=float, default=0.3,
                   help='probability that a video opens on the empty room')
   ap.add_argument('--seed', type=int, default=0)
+  ap.add_argument('--venues', type=int, default=4, help='press rooms shared by the videos; 0 = one per video')
   ap.add_argument('--workers', type=int, default=0, help='processes; 0 = every core (same output)')
   a = ap.parse_args(argv)
   t0 = time.time()
   truth = generate(a.out_dir, a.subjects, a.videos_per_subject, a.frames, a.width, a.height, a.unlabelled,
-                   a.cut_prob, a.static_prob, a.seed, workers=a.workers)
+                   a.cut_prob, a.static_prob, a.seed, workers=a.workers, venues=a.venues)
   n_seg = sum(len(v['segments']) for v in truth['videos'].values())
   print(f'wrote {len(truth["videos"])} videos, {n_seg} labelled segments to {a.out_dir} '
         f'in {time.time() - t0:.1f}s')

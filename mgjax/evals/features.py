@@ -2,8 +2,9 @@
 
 A clip record (one labelled segment) gives `num_clips` windows spread evenly over the segment (frames
 repeat when the segment is shorter than a window), each resized so its short side is the model's image
-size and centre-cropped. A window's feature is the mean over tokens of the encoder output (after its
-final norm for a pretraining model, fc_norm for a classifier); a clip's is the mean over its windows.
+size and centre-cropped. A window's feature pools the encoder's output tokens (`pool_tokens`: the mean over
+tokens, as VideoMAE, after the final norm for a pretraining model and fc_norm for a classifier; or their
+temporal standard deviation); a clip's is the mean over its windows.
 """
 
 from __future__ import annotations
@@ -49,15 +50,40 @@ def clip_views(record, frames: int, stride: int, num_clips: int, size: int) -> n
   return np.stack([resize_center_crop(np.stack([decoded[i] for i in row]), size) for row in idx])
 
 
-def encoder_feature_fn(module, pretraining: bool):
-  """jitted video uint8 (B,T,H,W,3) -> (B, D) features of a VideoMAE (pretraining) or VideoClassifier."""
-  if not pretraining:
+POOLINGS = ('mean', 'temporal_std')
+
+
+def pool_tokens(tokens, grid_t: int, pooling: str):
+  """(B, N, D) encoder tokens in t-major order -> (B, D).
+
+  'mean': the mean over all tokens (VideoMAE's pooling). 'temporal_std': for each spatial position, the
+  standard deviation of its token over the grid_t temporal slots, then the mean over positions: what
+  changes during the clip, with the static scene and the person's look (constant over time) removed.
+  """
+  if pooling == 'mean':
+    return tokens.mean(axis=1)
+  if pooling == 'temporal_std':
+    b, n, d = tokens.shape
+    return tokens.reshape(b, grid_t, n // grid_t, d).std(axis=1).mean(axis=1)
+  raise ValueError(f'unknown pooling {pooling!r}; known: {POOLINGS}')
+
+
+def encoder_feature_fn(module, pretraining: bool, pooling: str = 'mean'):
+  """jitted video uint8 (B,T,H,W,3) -> (B, D) features of a VideoMAE (pretraining) or VideoClassifier.
+
+  Mean pooling of a classifier is its own features (mean, then fc_norm); otherwise the encoder's tokens
+  (after the final norm of a pretraining model) are pooled by `pool_tokens`.
+  """
+  if pooling not in POOLINGS:
+    raise ValueError(f'unknown pooling {pooling!r}; known: {POOLINGS}')
+  if not pretraining and pooling == 'mean':
     return jax.jit(module.features)
   cfg = module.cfg
 
   def f(video):
     x = (video.astype(jnp.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    return module.encoder(vit.patchify(x, cfg.patch, cfg.tubelet)).mean(axis=1).astype(jnp.float32)
+    tokens = module.encoder(vit.patchify(x, cfg.patch, cfg.tubelet))
+    return pool_tokens(tokens, cfg.grid[0], pooling).astype(jnp.float32)
   return jax.jit(f)
 
 

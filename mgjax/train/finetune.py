@@ -160,8 +160,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info('Semi-supervised: %d of %d training clips (%.1f%%), %d classes', len(indices), len(labels),
                  100 * len(indices) / len(labels), len(set(labels[indices].tolist())))
   d = config.data
+  if len(d.crop_scale) != 2 or not 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1:
+    raise ValueError(f'config.data.crop_scale: want (min, max) area fractions with 0 < min <= max <= 1, '
+                     f'got {tuple(d.crop_scale)}')
   icfg = data_lib.FinetuneInputConfig(
-      frames=model_cfg.frames, stride=d.stride, image_size=model_cfg.image_size, flip=d.flip,
+      frames=model_cfg.frames, stride=d.stride, image_size=model_cfg.image_size,
+      scale=tuple(d.crop_scale), flip=d.flip,
       randaug_n=d.randaug_n, randaug_m=d.randaug_m, erase_prob=d.erase_prob, num_repeats=d.num_repeats,
       class_balanced=d.class_balanced, seed=config.seed, global_batch=config.global_batch, workers=d.workers)
   data_iter = iter(data_lib.make_dataset(train_src, indices, labels[indices], icfg, jax.process_index(),
