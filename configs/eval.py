@@ -5,6 +5,9 @@ r"""Evaluation of a checkpoint on the iMiGUE-3K tasks.
 PATH: an mgjax workdir or checkpoint (pretraining or fine-tuned), or an exported directory; `random`
 evaluates the model of --config.model at random initialisation (the baseline). Tasks: knn, linear_probe,
 retrieval, emotion on frozen features; recognition needs a fine-tuned (classifier) checkpoint.
+--config.pooling=temporal_std reads frozen features as what changes over the clip instead of VideoMAE's
+mean over tokens (docs/representation_study.md: on the sample's gestures it is the readout that shows
+what pretraining learned).
 """
 
 import ml_collections
