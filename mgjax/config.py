@@ -6,6 +6,9 @@ misspelt field is an error that names it.
 
 import ml_collections
 
+# The sample generated when data_dir is empty (tfds_imigue3k.sample.generate arguments).
+DEMO_SAMPLE = dict(subjects=8, videos_per_subject=2, frames=500, width=320, height=180, venues=4, seed=0)
+
 
 def pretrain_base(size: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -18,7 +21,7 @@ def pretrain_base(size: str) -> ml_collections.ConfigDict:
       sampling='quality', static_motion=5e-5, static_keep=0.1,  # 'uniform' is the ablation
       scales=(1.0, 0.875, 0.75, 0.66), flip=False, num_repeats=4,
       workers=8, prefetch=2)
-  c.demo_sample = dict(subjects=8, videos_per_subject=2, frames=500, width=320, height=180, venues=4, seed=0)
+  c.demo_sample = dict(DEMO_SAMPLE)
   c.global_batch = 512
   c.micro_batches = 1  # gradient accumulation: the global batch in this many sequential pieces
   c.mesh = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
@@ -48,7 +51,7 @@ def finetune_base(size: str) -> ml_collections.ConfigDict:
   c.data = dict(data_dir='', name='clips', stride=4, crop_scale=(0.08, 1.0), flip=True, randaug_n=4,
                 randaug_m=7, erase_prob=0.25,
                 num_repeats=2, class_balanced=False, workers=8)
-  c.demo_sample = dict(subjects=8, videos_per_subject=2, frames=500, width=320, height=180, venues=4, seed=0)
+  c.demo_sample = dict(DEMO_SAMPLE)
   c.augment = dict(mixup=0.8, cutmix=1.0, label_smoothing=0.1)
   c.global_batch = 64
   c.micro_batches = 1

@@ -171,7 +171,7 @@ def report(results: dict) -> str:
         for kk, vv in v.items():
           if isinstance(vv, float):
             rows.append(f'| {task} | {k} {kk} | {100 * vv:.1f} |')
-  head = (f'# Evaluation of {results["checkpoint"]}\n\nFrozen features: {results.get("pooling", "mean")} '
+  head = (f'# Evaluation of {results["checkpoint"]}\n\nFrozen features: {results["pooling"]} '
           'pooling. Accuracies in percent.\n\n')
   return head + '\n'.join(rows) + '\n'
 

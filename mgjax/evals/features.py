@@ -74,8 +74,6 @@ def encoder_feature_fn(module, pretraining: bool, pooling: str = 'mean'):
   Mean pooling of a classifier is its own features (mean, then fc_norm); otherwise the encoder's tokens
   (after the final norm of a pretraining model) are pooled by `pool_tokens`.
   """
-  if pooling not in POOLINGS:
-    raise ValueError(f'unknown pooling {pooling!r}; known: {POOLINGS}')
   if not pretraining and pooling == 'mean':
     return jax.jit(module.features)
   cfg = module.cfg
