@@ -59,7 +59,8 @@ def _truncate(manual, vid, frac=0.6):
 CASES = {
     'missing_video': (lambda m: os.remove(os.path.join(m, 'videos', '2.mp4')),
                       ['labels.csv:4 (video 2): missing video file videos/2.<ext>']),
-    'unreadable_video': (lambda m: open(os.path.join(m, 'videos', '2.mp4'), 'wb').write(os.urandom(3000)),
+    # Fixed bytes: random ones are sometimes probed as an audio-only stream (about 1 in 100).
+    'unreadable_video': (lambda m: open(os.path.join(m, 'videos', '2.mp4'), 'wb').write(b'no video\n' * 300),
                          ['videos/2.mp4 (video 2): unreadable by FFmpeg']),
     'truncated_video': (lambda m: _truncate(m, '2'),
                         ['videos/2.mp4 (video 2): truncated: header says 60 frames']),
