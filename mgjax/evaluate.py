@@ -66,13 +66,14 @@ def _protocol(data_dir: str, config_name: str) -> dict:
 
 
 def recognition(module, cfg, source, config, workdir) -> dict:
-  """Multi-view test: test_clips temporal windows x test_crops spatial crops, softmax averaged."""
+  """Multi-view test, as VideoMAE's: test_clips temporal windows spread over the segment x test_crops
+  crops along the long side of the short-side-resized frames (left, centre, right), softmax averaged."""
   fn = jax.jit(lambda v: jax.nn.softmax(module(v), axis=-1))
   probs, labels = [], []
   for i in tqdm.trange(len(source), desc='recognition', unit='clip', leave=False):
     r = source[i]
-    views = _crops(features.clip_views(r, cfg.frames, config.stride, config.test_clips, cfg.image_size),
-                   cfg.image_size, config.test_crops)
+    views = features.clip_views(r, cfg.frames, config.stride, config.test_clips, cfg.image_size,
+                                config.test_crops)
     probs.append(np.asarray(fn(jnp.asarray(views))).mean(0))
     labels.append(int(r['label']))
   probs, labels = np.stack(probs), np.asarray(labels)
@@ -83,20 +84,6 @@ def recognition(module, cfg, source, config, workdir) -> dict:
   _heatmap(conf).save(path)
   out['confusion_png'] = os.path.basename(path)
   return out
-
-
-def _crops(views: np.ndarray, size: int, n: int) -> np.ndarray:
-  """Square windows -> n spatial crops each (left/centre/right of a 1.15x resize, as three-crop testing)."""
-  if n == 1:
-    return views
-  big = int(round(size * 1.15))
-  out = []
-  for v in views:
-    resized = np.stack([np.asarray(Image.fromarray(f).resize((big, big), Image.BILINEAR)) for f in v])
-    for x0 in np.linspace(0, big - size, n).round().astype(int):
-      y0 = (big - size) // 2
-      out.append(resized[:, y0:y0 + size, x0:x0 + size])
-  return np.stack(out)
 
 
 def _heatmap(m: np.ndarray, cell: int = 12) -> Image.Image:

@@ -108,6 +108,21 @@ def test_binary_metrics_and_windows():
   assert idx.tolist() == [[0, 4, 8, 9], [0, 4, 8, 9]]  # shorter than a window: last frame repeats
   idx = features.window_indices(num_frames=40, frames=4, stride=2, num_clips=3)
   assert idx[0, 0] == 0 and idx[-1, -1] == 39 and idx.shape == (3, 4)
+  idx = features.window_indices(num_frames=40, frames=4, stride=2, num_clips=1)
+  assert idx.tolist() == [[16, 18, 20, 22]]  # one window: the centre of the segment, not its start
+
+
+def test_three_crops_span_the_long_side():
+  # A 2-frame 40x80 video: left quarter red, right quarter blue, the middle green.
+  v = np.zeros((2, 40, 80, 3), np.uint8)
+  v[:, :, :20, 0] = 255
+  v[:, :, 20:60, 1] = 255
+  v[:, :, 60:, 2] = 255
+  crops = features.resize_crops(v, 20, 3)  # short side 40 -> 20: frames 20x40, crops at x = 0, 10, 20
+  assert crops.shape == (3, 2, 20, 20, 3)
+  assert crops[0, :, :, :8, 0].min() > 200 and crops[2, :, :, -8:, 2].min() > 200
+  assert crops[1, :, :, :, 1].min() > 200  # the centre crop is all green
+  np.testing.assert_array_equal(features.resize_crops(v, 20, 1)[0], crops[1])
 
 
 def test_temporal_std_pooling_keeps_what_moves():

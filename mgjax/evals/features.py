@@ -2,7 +2,7 @@
 
 A clip record (one labelled segment) gives `num_clips` windows spread evenly over the segment (frames
 repeat when the segment is shorter than a window), each resized so its short side is the model's image
-size and centre-cropped. A window's feature pools the encoder's output tokens (`pool_tokens`: the mean over
+size and centre-cropped (`clip_views`; the recognition test adds crops along the long side). A window's feature pools the encoder's output tokens (`pool_tokens`: the mean over
 tokens, as VideoMAE, after the final norm for a pretraining model and fc_norm for a classifier; or their
 temporal standard deviation); a clip's is the mean over its windows.
 """
@@ -25,29 +25,35 @@ from mgjax.models.videomae import IMAGENET_MEAN, IMAGENET_STD
 
 
 def window_indices(num_frames: int, frames: int, stride: int, num_clips: int) -> np.ndarray:
-  """(num_clips, frames) frame indices, windows spread evenly over the segment, clipped at its end."""
+  """(num_clips, frames) frame indices: windows spread evenly over the segment from its first frame to its
+  last (one window: the centre one), clipped at the segment's end."""
   span = (frames - 1) * stride + 1
-  starts = np.linspace(0, max(num_frames - span, 0), num_clips).round().astype(int)
+  room = max(num_frames - span, 0)
+  starts = (np.linspace(0, room, num_clips) if num_clips > 1 else np.array([room / 2])).round().astype(int)
   return np.minimum(starts[:, None] + np.arange(frames) * stride, num_frames - 1)
 
 
-def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
+def resize_crops(frames: np.ndarray, size: int, crops: int = 1) -> np.ndarray:
+  """(T, H, W, 3) -> (crops, T, size, size, 3): the short side resized to `size`, then `crops` square
+  crops spread evenly along the long side (one crop: the centre), as VideoMAE's three-crop test."""
   t, h, w, _ = frames.shape
   s = size / min(h, w)
   nh, nw = max(size, round(h * s)), max(size, round(w * s))
-  y0, x0 = (nh - size) // 2, (nw - size) // 2
-  out = np.empty((t, size, size, 3), np.uint8)
-  for i in range(t):
-    out[i] = np.asarray(Image.fromarray(frames[i]).resize((nw, nh), Image.BILINEAR))[y0:y0 + size, x0:x0 + size]
-  return out
+  resized = np.stack([np.asarray(Image.fromarray(f).resize((nw, nh), Image.BILINEAR)) for f in frames])
+  offsets = (np.linspace(0, 1, crops) if crops > 1 else np.array([0.5]))
+  out = []
+  for o in offsets:
+    y0, x0 = round(o * (nh - size)), round(o * (nw - size))
+    out.append(resized[:, y0:y0 + size, x0:x0 + size])
+  return np.stack(out)
 
 
-def clip_views(record, frames: int, stride: int, num_clips: int, size: int) -> np.ndarray:
-  """uint8 (num_clips, frames, size, size, 3) for one clip record."""
+def clip_views(record, frames: int, stride: int, num_clips: int, size: int, crops: int = 1) -> np.ndarray:
+  """uint8 (num_clips * crops, frames, size, size, 3) for one clip record, window-major."""
   idx = window_indices(int(record['num_frames']), frames, stride, num_clips)
   needed = np.unique(idx)
   decoded = dict(zip(needed.tolist(), records.decode_jpegs([record['frames'][i] for i in needed])))
-  return np.stack([resize_center_crop(np.stack([decoded[i] for i in row]), size) for row in idx])
+  return np.concatenate([resize_crops(np.stack([decoded[i] for i in row]), size, crops) for row in idx])
 
 
 POOLINGS = ('mean', 'temporal_std')
