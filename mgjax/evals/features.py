@@ -43,7 +43,7 @@ def resize_crops(frames: np.ndarray, size: int, crops: int = 1) -> np.ndarray:
   offsets = (np.linspace(0, 1, crops) if crops > 1 else np.array([0.5]))
   out = []
   for o in offsets:
-    y0, x0 = round(o * (nh - size)), round(o * (nw - size))
+    y0, x0 = int(o * (nh - size)), int(o * (nw - size))  # the centre: (n - size) // 2
     out.append(resized[:, y0:y0 + size, x0:x0 + size])
   return np.stack(out)
 
