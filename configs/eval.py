@@ -28,5 +28,6 @@ def get_config():
   c.test_crops = 3  # ... spatial crops, softmax averaged
   c.batch = 16
   c.knn = dict(k=20, temperature=0.07)
-  c.linear_probe = dict(steps=500, lr=1e-2)
+  # L2 penalty: with several, cross-validation on the train split (folds of whole subjects) picks one
+  c.linear_probe = dict(steps=500, lr=1e-2, l2=(1e-4, 1e-3, 1e-2, 1e-1), folds=3)
   return c.lock()

@@ -4,7 +4,9 @@ r"""Evaluation binary: frozen-feature tasks and fine-tuned recognition, results.
 
 results.json holds one entry per task that was asked for:
   knn           {k, temperature, top1, top5, mean_class_accuracy, per_class_accuracy{class: acc}}
-  linear_probe  {steps, top1, top5, mean_class_accuracy, per_class_accuracy}
+  linear_probe  {steps, l2, folds, cv_top1{l2: acc}, top1, top5, mean_class_accuracy, per_class_accuracy}
+                (l2: the penalty chosen by cross-validation on the train split, folds of whole
+                subjects; folds and cv_top1 only when config.linear_probe.l2 lists several)
   retrieval     {recall@1, recall@5, recall@10, mAP, queries}
   emotion       {train_videos, test_videos, from_features{accuracy, f1, count},
                  from_gesture_histogram{accuracy, f1, count}}
@@ -153,7 +155,8 @@ def report(results: dict) -> str:
       continue
     for k, v in r.items():
       if isinstance(v, float):
-        rows.append(f'| {task} | {k} | {100 * v:.1f} |' if k != 'temperature' else f'| {task} | {k} | {v} |')
+        rows.append(f'| {task} | {k} | {100 * v:.1f} |' if k not in ('temperature', 'l2') else
+                    f'| {task} | {k} | {v:g} |')
       elif isinstance(v, dict) and k.startswith('from_'):
         for kk, vv in v.items():
           if isinstance(vv, float):

@@ -11,7 +11,7 @@ from flax import nnx
 from mgjax import evaluate as evaluate_lib
 from mgjax import export
 from mgjax.data import records
-from mgjax.evals import features, knn, metrics, retrieval
+from mgjax.evals import features, knn, linear_probe, metrics, retrieval
 from mgjax.models import classifier as classifier_lib
 from mgjax.models import videomae
 from configs import eval as eval_config
@@ -50,13 +50,17 @@ def _check_classification(r):
 
 def test_five_tasks_end_to_end(built, classifier_dir, tmp_path):
   work = str(tmp_path / 'eval')
-  results = evaluate_lib.evaluate(_config(classifier_dir, built), work)
+  config = _config(classifier_dir, built)
+  c_l2 = tuple(config.linear_probe.l2)
+  results = evaluate_lib.evaluate(config, work)
   saved = json.load(open(os.path.join(work, 'results.json')))
   assert saved == json.loads(json.dumps(results))
   assert set(evaluate_lib.TASKS) <= set(saved)
   _check_classification(saved['knn'])
   assert saved['knn']['k'] == 5
-  _check_classification(saved['linear_probe'])
+  lp = saved['linear_probe']
+  _check_classification(lp)
+  assert lp['l2'] in c_l2 and set(lp['cv_top1']) == {str(v) for v in c_l2}
   r = saved['retrieval']
   assert 0 <= r['recall@1'] <= r['recall@5'] <= r['recall@10'] <= 1 and 0 < r['mAP'] <= 1
   assert r['queries'] == len(records.data_source(built, 'clips', 'test'))
@@ -99,6 +103,25 @@ def test_knn_and_retrieval_on_known_cases():
   g = {'features': np.array([[1, 0], [0.8, 0.6], [0.6, 0.8]], np.float32), 'label': np.array([0, 1, 0])}
   q = {'features': np.array([[1, 0]], np.float32), 'label': np.array([0])}
   assert retrieval.evaluate(g, q)['mAP'] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_linear_probe_cross_validation_picks_the_penalty_that_generalises():
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(4), [60, 20, 20, 20])  # class 0 is half the clips
+  x = rng.normal(size=(120, 8)).astype(np.float32)
+  x[np.arange(120), y] += 4.0  # class c lifts feature c: separable
+  subjects = np.tile(np.arange(6), 20)
+  fold = linear_probe.fold_of(subjects, 3)
+  assert set(fold) == {0, 1, 2}
+  assert all(len(set(fold[subjects == s])) == 1 for s in range(6))  # a subject stays in one fold
+  # A penalty of 100 shrinks the weights until the bias (class 0) decides; cross-validation must see that.
+  best, cv = linear_probe.select_l2(x, y, subjects, 4, (1e-4, 100.0), folds=3, steps=200)
+  assert best == 1e-4 and cv['0.0001'] > 0.9 and cv['100.0'] < 0.6
+  test = {'features': x[::3] + 0.1, 'label': y[::3]}
+  r = linear_probe.evaluate({'features': x, 'label': y, 'subject_id': subjects}, test, 4, steps=200,
+                            l2=(1e-4, 100.0))
+  assert r['l2'] == 1e-4 and r['folds'] == 3 and r['top1'] > 0.9
+  assert 'cv_top1' not in linear_probe.evaluate({'features': x, 'label': y}, test, 4, steps=200, l2=1e-4)
 
 
 def test_binary_metrics_and_windows():
