@@ -7,7 +7,8 @@ misspelt field is an error that names it.
 import ml_collections
 
 # The sample generated when data_dir is empty (tfds_imigue3k.sample.generate arguments).
-DEMO_SAMPLE = dict(subjects=8, videos_per_subject=2, frames=500, width=320, height=180, venues=4, seed=0)
+DEMO_SAMPLE = dict(subjects=8, videos_per_subject=2, frames=500, width=320, height=180, venues=4, seed=0,
+                   test_fraction=0.375)
 
 
 def pretrain_base(size: str) -> ml_collections.ConfigDict:

@@ -4,6 +4,7 @@ import filecmp
 import os
 
 import numpy as np
+import pytest
 
 from tests import helpers
 from tfds_imigue3k import labels as labels_lib
@@ -66,3 +67,10 @@ def test_emotion_depends_on_gestures():
                                   (0, sample_lib.NEGATIVE, sample_lib.POSITIVE)):
     p = sample_lib._class_probs(emotion)  # pylint: disable=protected-access
     assert p[list(boosted)].sum() > 2 * p[list(other)].sum()
+
+
+def test_more_subjects_than_the_protocol_has_is_an_error(tmp_path):
+  # 72 subjects at the default test fraction: 45 train, but the protocol has 37 train subjects.
+  with pytest.raises(ValueError, match='45 train and 27 test subjects, but the official protocol has 37 train'):
+    sample_lib.generate(str(tmp_path), subjects=72)
+  assert not os.listdir(tmp_path)  # nothing written

@@ -343,12 +343,17 @@ def generate(out_dir: str, subjects: int = 8, videos_per_subject: int = 2, frame
   """Writes a sample manual_dir to out_dir. Returns the ground truth it also saves as sample_truth.json."""
   if width % 2 or height % 2:
     raise ValueError(f'width and height must be even for H.264, got {width}x{height}')
+  official = json.load(open(labels_lib.PROTOCOL_JSON))['mg_recognition']
+  n_test = max(1, int(round(subjects * test_fraction)))
+  if subjects - n_test > len(official['train_subject_ids']) or n_test > len(official['test_subject_ids']):
+    raise ValueError(
+        f'subjects={subjects} with test_fraction={test_fraction}: {subjects - n_test} train and {n_test} test '
+        f'subjects, but the official protocol has {len(official["train_subject_ids"])} train and '
+        f'{len(official["test_subject_ids"])} test subjects')
   rng = np.random.default_rng(seed)
   os.makedirs(os.path.join(out_dir, 'videos'), exist_ok=True)
   raw_of = {v: k for k, v in labels_lib.read_classes().items()}  # label index -> raw class
   # Subject ids from the official protocol, so its cross-subject split applies as it is.
-  official = json.load(open(labels_lib.PROTOCOL_JSON))['mg_recognition']
-  n_test = max(1, int(round(subjects * test_fraction)))
   subject_ids = (official['train_subject_ids'][:subjects - n_test] + official['test_subject_ids'][:n_test])
   rows, videos, specs, truth = [], [], [], {'videos': {}}
   # Press rooms: each has a backdrop and two cameras; a video is filmed in one of them.
