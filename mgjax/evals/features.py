@@ -2,9 +2,10 @@
 
 A clip record (one labelled segment) gives `num_clips` windows spread evenly over the segment (frames
 repeat when the segment is shorter than a window), each resized so its short side is the model's image
-size and centre-cropped (`clip_views`; the recognition test adds crops along the long side). A window's feature pools the encoder's output tokens (`pool_tokens`: the mean over
-tokens, as VideoMAE, after the final norm for a pretraining model and fc_norm for a classifier; or their
-temporal standard deviation); a clip's is the mean over its windows.
+size and centre-cropped (`clip_views`; the recognition test adds crops along the long side). A window's
+feature pools the encoder's output tokens (`pool_tokens`: the mean over tokens, as VideoMAE, after the
+final norm for a pretraining model and fc_norm for a classifier; or their temporal standard deviation);
+a clip's is the mean over its windows.
 """
 
 from __future__ import annotations
