@@ -21,7 +21,7 @@ def get_config():
   c.model.update(frames=8, image_size=64, patch=16, tubelet=2, dtype='float32', mask_ratio=0.75)
   c.model.decoder_depth = 2
   c.data.update(stride=4, num_repeats=2, workers=2)
-  c.demo_sample.update(subjects=64, videos_per_subject=2, frames=500, test_fraction=0.42)
+  c.demo_sample.update(base.DEMO_FLOW_SAMPLE)
   c.global_batch = 16
   c.optim.update(base_lr=1.6e-2, warmup_steps=50)  # lr = 1.6e-2 * 16 / 256 = 1e-3
   c.total_steps = 4000

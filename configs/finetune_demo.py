@@ -20,7 +20,7 @@ def get_config():
   c.model.update(frames=8, image_size=64, dtype='float32', drop_path=0.1)
   c.model.decoder_depth = 2
   c.data.update(workers=2, num_repeats=2, crop_scale=(0.6, 1.0), randaug_n=0, erase_prob=0.0)
-  c.demo_sample.update(subjects=64, videos_per_subject=2, frames=500, test_fraction=0.42)
+  c.demo_sample.update(base.DEMO_FLOW_SAMPLE)
   c.augment.update(mixup=0.0, cutmix=0.0)
   c.global_batch = 16
   c.optim.update(base_lr=4.8e-2, warmup_steps=30)  # lr 3e-3

@@ -9,6 +9,9 @@ import ml_collections
 # The sample generated when data_dir is empty (tfds_imigue3k.sample.generate arguments).
 DEMO_SAMPLE = dict(subjects=8, videos_per_subject=2, frames=500, width=320, height=180, venues=4, seed=0,
                    test_fraction=0.375)
+# The sample of the README's flow (configs/demo.py and configs/finetune_demo.py): 37 train and 27 test
+# subjects, with the official protocol's ids.
+DEMO_FLOW_SAMPLE = dict(DEMO_SAMPLE, subjects=64, test_fraction=0.42)
 
 
 def pretrain_base(size: str) -> ml_collections.ConfigDict:
