@@ -13,7 +13,9 @@ results.json holds one entry per task that was asked for:
   recognition   {views, top1, top5, mean_class_accuracy, per_class_accuracy, confusion_png}
 An entry that could not run is {"skipped": reason}. Accuracies are fractions in [0, 1]. Beside them:
 checkpoint, model, data_dir, pooling (how frozen features pool the tokens: mean or temporal_std). Features
-are cached in DIR/features/ and reused by later runs.
+are cached in DIR/features/ and reused by later runs. predictions.npz holds, for knn, linear_probe and
+recognition, TASK.pred, TASK.label and TASK.subject_id of every test clip: `python -m mgjax.compare A B`
+reads two of them and gives the difference in top-1 with a confidence interval.
 """
 
 from __future__ import annotations
@@ -67,13 +69,14 @@ def _protocol(data_dir: str, config_name: str) -> dict:
   return json.load(open(found[-1])) if found else {}
 
 
-def recognition(module, cfg, source, config, workdir) -> dict:
+def recognition(module, cfg, source, config, workdir, preds: dict) -> dict:
   """Multi-view test, as VideoMAE's: test_clips temporal windows spread over the segment x test_crops
   crops along the long side of the short-side-resized frames (left, centre, right), softmax averaged."""
   fn = jax.jit(lambda v: jax.nn.softmax(module(v), axis=-1))
-  probs, labels = [], []
+  probs, labels, subjects = [], [], []
   for i in tqdm.trange(len(source), desc='recognition', unit='clip', leave=False):
     r = source[i]
+    subjects.append(int(r['subject_id']))
     views = features.clip_views(r, cfg.frames, config.stride, config.test_clips, cfg.image_size,
                                 config.test_crops)
     probs.append(np.asarray(fn(jnp.asarray(views))).mean(0))
@@ -81,6 +84,7 @@ def recognition(module, cfg, source, config, workdir) -> dict:
   probs, labels = np.stack(probs), np.asarray(labels)
   out = {'views': config.test_clips * config.test_crops,
          **metrics.classification(probs, labels, NUM_CLASSES)}
+  preds['recognition'] = (probs.argmax(1), labels, np.asarray(subjects))
   conf = metrics.confusion(probs.argmax(1), labels, NUM_CLASSES)
   path = os.path.join(workdir, 'confusion.png')
   _heatmap(conf).save(path)
@@ -108,6 +112,7 @@ def evaluate(config, workdir: str) -> dict:
     raise ValueError(f'config.pooling: unknown pooling {config.pooling!r}; known: {features.POOLINGS}')
   results = {'checkpoint': config.checkpoint, 'model': dataclasses.asdict(cfg), 'data_dir': config.data_dir,
              'pooling': config.pooling}
+  preds = {}  # task -> (predicted class, label, subject id) per test clip
   frozen = [t for t in tasks if t != 'recognition']
   if frozen:
     fn = features.encoder_feature_fn(module, pretraining=num_classes is None, pooling=config.pooling)
@@ -122,11 +127,15 @@ def evaluate(config, workdir: str) -> dict:
           lambda src=src, split=split: features.extract(fn, src, frames=cfg.frames, stride=config.stride,
                                                         num_clips=config.num_clips, size=cfg.image_size,
                                                         batch=config.batch, desc=f'{split} features'))
+    test = feats['test']
     if 'knn' in tasks:
-      results['knn'] = knn.evaluate(feats['train'], feats['test'], NUM_CLASSES, **config.knn.to_dict())
+      results['knn'], pred = knn.evaluate(feats['train'], test, NUM_CLASSES, **config.knn.to_dict(),
+                                          return_pred=True)
+      preds['knn'] = (pred, test['label'], test['subject_id'])
     if 'linear_probe' in tasks:
-      results['linear_probe'] = linear_probe.evaluate(feats['train'], feats['test'], NUM_CLASSES,
-                                                      **config.linear_probe.to_dict())
+      results['linear_probe'], pred = linear_probe.evaluate(feats['train'], test, NUM_CLASSES,
+                                                            **config.linear_probe.to_dict(), return_pred=True)
+      preds['linear_probe'] = (pred, test['label'], test['subject_id'])
     if 'retrieval' in tasks:
       results['retrieval'] = retrieval.evaluate(feats['train'], feats['test'])
     if 'emotion' in tasks:
@@ -135,13 +144,22 @@ def evaluate(config, workdir: str) -> dict:
       results['emotion'] = emotion.evaluate(both, proto.get('train_video_ids', []),
                                             proto.get('test_video_ids', []), feats['train'], NUM_CLASSES)
   if 'recognition' in tasks:
-    results['recognition'] = (recognition(module, cfg, test_src, config, workdir) if num_classes else
+    results['recognition'] = (recognition(module, cfg, test_src, config, workdir, preds) if num_classes else
                               {'skipped': 'recognition needs a fine-tuned (classifier) checkpoint'})
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=2)
-  with open(os.path.join(workdir, 'report.md'), 'w') as f:
-    f.write(report(results))
+  arrays = {f'{task}.{name}': np.asarray(v) for task, p in preds.items()
+            for name, v in zip(('pred', 'label', 'subject_id'), p)}
+  _write_atomic(os.path.join(workdir, 'predictions.npz'), lambda f: np.savez(f, **arrays), binary=True)
+  _write_atomic(os.path.join(workdir, 'results.json'), lambda f: json.dump(results, f, indent=2))
+  _write_atomic(os.path.join(workdir, 'report.md'), lambda f: f.write(report(results)))
   return results
+
+
+def _write_atomic(path: str, write, binary: bool = False):
+  """A file is either its old self or complete: written beside it, then renamed over it."""
+  tmp = path + '.tmp'
+  with open(tmp, 'wb' if binary else 'w') as f:
+    write(f)
+  os.replace(tmp, path)
 
 
 def report(results: dict) -> str:

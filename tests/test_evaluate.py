@@ -3,11 +3,14 @@ and the evaluators on cases with known answers."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from flax import nnx
 
+from mgjax.evals import compare as compare_lib
 from mgjax import evaluate as evaluate_lib
 from mgjax import export
 from mgjax.data import records
@@ -15,6 +18,7 @@ from mgjax.evals import features, knn, linear_probe, metrics, retrieval
 from mgjax.models import classifier as classifier_lib
 from mgjax.models import videomae
 from configs import eval as eval_config
+from tests import helpers
 
 TINY = dict(size='T', frames=4, image_size=32, patch=16, tubelet=2, decoder_depth=1, mask_ratio=0.5)
 
@@ -73,6 +77,14 @@ def test_five_tasks_end_to_end(built, classifier_dir, tmp_path):
   assert rec['views'] == 6 and os.path.exists(os.path.join(work, rec['confusion_png']))
   report = open(os.path.join(work, 'report.md')).read()
   assert '| knn | top1 |' in report and '| recognition | top1 |' in report
+  # Per-clip predictions, for mgjax.compare: they give back the top-1 of results.json.
+  p = compare_lib.load(work)
+  n_test = len(records.data_source(built, 'clips', 'test'))
+  for task in ('knn', 'linear_probe', 'recognition'):
+    assert p[f'{task}.pred'].shape == p[f'{task}.label'].shape == p[f'{task}.subject_id'].shape == (n_test,)
+    assert (p[f'{task}.pred'] == p[f'{task}.label']).mean() == pytest.approx(saved[task]['top1'])
+  np.testing.assert_array_equal(p['knn.subject_id'], p['recognition.subject_id'])
+  assert not [f for f in os.listdir(work) if f.endswith('.tmp')]
 
 
 def test_features_are_cached_and_reused(built, tmp_path):
@@ -169,3 +181,35 @@ def test_pooling_is_recorded_and_cached_apart(built, tmp_path):
   assert 'temporal_std pooling' in open(os.path.join(work, 'report.md')).read()
   with pytest.raises(ValueError, match="config.pooling: unknown pooling 'max'"):
     evaluate_lib.evaluate(_config('random', built, tasks=('knn',), pooling='max'), work)
+
+
+def test_compare_gives_the_difference_and_a_subject_bootstrap_interval(tmp_path):
+  label = np.zeros(8, np.int64)
+  subject = np.repeat([1, 2, 3, 4], 2)
+  a = {'knn.pred': label.copy(), 'knn.label': label, 'knn.subject_id': subject}
+  wrong = np.ones(8, np.int64)
+  b = {'knn.pred': wrong, 'knn.label': label, 'knn.subject_id': subject}
+  r = compare_lib.compare(a, b)['knn']
+  assert (r['top1_a'], r['top1_b'], r['difference'], r['low'], r['high']) == (100, 0, 100, 100, 100)
+  assert (r['clips'], r['subjects']) == (8, 4)
+  # B wrong on subject 1 only: the difference (25 points) rests on one person of four, so resampling
+  # people gives 25 points per draw of subject 1: 0 with probability 0.32, at most 50 with 0.95 (binomial,
+  # 4 draws of 1/4), so the 80% interval is [0, 50].
+  b['knn.pred'] = np.where(subject == 1, 1, 0)
+  r = compare_lib.compare(a, b, resamples=4000, confidence=0.8)['knn']
+  assert (r['difference'], r['low'], r['high']) == (25, 0, 50)
+  assert compare_lib.compare(a, {k.replace('knn', 'recognition'): v for k, v in b.items()}) == {}
+  b['knn.label'] = np.ones(8, np.int64)
+  with pytest.raises(ValueError, match='knn: A and B were not evaluated on the same test clips'):
+    compare_lib.compare(a, b)
+  with pytest.raises(FileNotFoundError, match='predictions.npz does not exist'):
+    compare_lib.load(str(tmp_path))
+  # The binary, on two workdirs.
+  b['knn.label'] = label
+  for name, p in (('a', a), ('b', b)):
+    os.makedirs(tmp_path / name)
+    np.savez(tmp_path / name / 'predictions.npz', **p)
+  out = subprocess.run([sys.executable, '-m', 'mgjax.compare', str(tmp_path / 'a'), str(tmp_path / 'b'),
+                        '--confidence=0.8', '--resamples=4000'], capture_output=True, text=True, check=True,
+                       cwd=helpers.REPO).stdout
+  assert '| knn | 100.0 | 75.0 | +25.0 | [+0.0, +50.0] | 8 / 4 |' in out

@@ -74,3 +74,22 @@ def test_more_subjects_than_the_protocol_has_is_an_error(tmp_path):
   with pytest.raises(ValueError, match='45 train and 27 test subjects, but the official protocol has 37 train'):
     sample_lib.generate(str(tmp_path), subjects=72)
   assert not os.listdir(tmp_path)  # nothing written
+
+
+def test_players_add_unlabelled_videos_and_leave_the_labelled_ones_as_they_were(tmp_path):
+  args = dict(subjects=2, videos_per_subject=1, unlabelled=0, frames=60, width=96, height=64, seed=5, workers=1)
+  sample_lib.generate(str(tmp_path / 'a'), **args)
+  truth = sample_lib.generate(str(tmp_path / 'b'), players=2, player_videos=2, **args)
+  for f in ('labels.csv', 'protocol.json', 'videos/1.mp4', 'videos/2.mp4'):
+    assert filecmp.cmp(tmp_path / 'a' / f, tmp_path / 'b' / f, shallow=False), f
+  problems = []
+  _, videos = labels_lib.read_labels(str(tmp_path / 'b' / 'labels.csv'), labels_lib.read_classes(), problems)
+  labels_lib.read_videos_csv(str(tmp_path / 'b' / 'videos.csv'), videos, problems)
+  assert problems == []
+  players = {v: t for v, t in truth['videos'].items() if not t['labelled']}
+  assert sorted(players) == ['3', '4', '5', '6'] and set(videos) == set(truth['videos'])
+  assert {t['subject_id'] for t in players.values()} == {sample_lib.PLAYER_ID_BASE, sample_lib.PLAYER_ID_BASE + 1}
+  proto = labels_lib.read_protocol(str(tmp_path / 'b' / 'protocol.json'), problems)
+  assert not {t['subject_id'] for t in players.values()} & (
+      proto['train_subjects'] | proto['test_subjects'])
+  assert os.path.getsize(tmp_path / 'b' / 'videos' / '6.mp4') > 0

@@ -35,6 +35,7 @@ from PIL import Image, ImageDraw
 from tfds_imigue3k import labels as labels_lib
 
 FPS = 25
+PLAYER_ID_BASE = 1001  # subject ids of the `players` (iMiGUE's run from 1 to 72)
 HAND = 0.5  # hand radius in head radii: a hand is about three quarters of a face long
 
 # Gestures: per class (0-based index into classes.tsv), which hand goes where, how it moves there, and
@@ -339,8 +340,14 @@ def _render_video(spec):
 def generate(out_dir: str, subjects: int = 8, videos_per_subject: int = 2, frames: int = 500,
              width: int = 320, height: int = 180, unlabelled: int = 2, cut_prob: float = 0.4,
              static_prob: float = 0.3, seed: int = 0, test_fraction: float = 0.375, workers: int = 0,
-             codec: str = 'mpeg4', venues: int = 4) -> dict:
-  """Writes a sample manual_dir to out_dir. Returns the ground truth it also saves as sample_truth.json."""
+             codec: str = 'mpeg4', venues: int = 4, players: int = 0, player_videos: int = 2) -> dict:
+  """Writes a sample manual_dir to out_dir. Returns the ground truth it also saves as sample_truth.json.
+
+  players: people in unlabelled videos only (player_videos each, subject ids from PLAYER_ID_BASE, in
+  neither split of the protocol), as iMiGUE-3K has 332 players where iMiGUE labels 72. They feed the
+  pretraining records only, and have a random stream of their own: the labelled videos are the same
+  bytes with or without them.
+  """
   if width % 2 or height % 2:
     raise ValueError(f'width and height must be even for H.264, got {width}x{height}')
   official = json.load(open(labels_lib.PROTOCOL_JSON))['mg_recognition']
@@ -359,13 +366,18 @@ def generate(out_dir: str, subjects: int = 8, videos_per_subject: int = 2, frame
   # Press rooms: each has a backdrop and two cameras; a video is filmed in one of them.
   venue_rng = np.random.default_rng((seed, 7))
   venue_views = [(_make_view(venue_rng), _make_view(venue_rng)) for _ in range(venues)]
+  # (random stream, subject id, labelled videos, videos in all) per person
+  player_rng = np.random.default_rng((seed, 11))
+  people = [(rng, sid, videos_per_subject, videos_per_subject + (1 if si < unlabelled else 0))
+            for si, sid in enumerate(subject_ids)]
+  people += [(player_rng, PLAYER_ID_BASE + i, 0, player_videos) for i in range(players)]
   vid_num = 0
-  for si, sid in enumerate(subject_ids):
+  for rng, sid, n_labelled, n_videos in people:
     subject = _make_subject(rng, sid)
-    for v in range(videos_per_subject + (1 if si < unlabelled else 0)):
+    for v in range(n_videos):
       vid_num += 1
       vid = str(vid_num)
-      labelled = v < videos_per_subject
+      labelled = v < n_labelled
       emotion = int(rng.integers(2))
       probs = _class_probs(emotion)
       # Some videos open on the empty room (a static stretch), then: idle gap, gesture, idle gap, ...
@@ -438,6 +450,9 @@ def main(argv=None):
   ap.add_argument('--subjects', type=int, default=8)
   ap.add_argument('--videos_per_subject', type=int, default=2, help='labelled videos per subject')
   ap.add_argument('--unlabelled', type=int, default=2, help='extra unlabelled videos (one per subject)')
+  ap.add_argument('--players', type=int, default=0,
+                  help='more people, in unlabelled videos only (pretraining data)')
+  ap.add_argument('--player_videos', type=int, default=2, help='unlabelled videos per player')
   ap.add_argument('--frames', type=int, default=500, help='frames per video (25 fps)')
   ap.add_argument('--width', type=int, default=320)
   ap.add_argument('--height', type=int, default=180)
@@ -450,7 +465,8 @@ def main(argv=None):
   a = ap.parse_args(argv)
   t0 = time.time()
   truth = generate(a.out_dir, a.subjects, a.videos_per_subject, a.frames, a.width, a.height, a.unlabelled,
-                   a.cut_prob, a.static_prob, a.seed, workers=a.workers, venues=a.venues)
+                   a.cut_prob, a.static_prob, a.seed, workers=a.workers, venues=a.venues, players=a.players,
+                   player_videos=a.player_videos)
   n_seg = sum(len(v['segments']) for v in truth['videos'].values())
   print(f'wrote {len(truth["videos"])} videos, {n_seg} labelled segments to {a.out_dir} '
         f'in {time.time() - t0:.1f}s')

@@ -15,6 +15,9 @@ def scores(train_x, train_y, test_x, num_classes: int, k: int = 20, temperature:
   return out
 
 
-def evaluate(train: dict, test: dict, num_classes: int, k: int = 20, temperature: float = 0.07) -> dict:
+def evaluate(train: dict, test: dict, num_classes: int, k: int = 20, temperature: float = 0.07,
+             return_pred: bool = False):
+  """The metrics; with return_pred, (metrics, top-1 class per test sample)."""
   s = scores(train['features'], train['label'], test['features'], num_classes, k, temperature)
-  return {'k': k, 'temperature': temperature, **metrics.classification(s, test['label'], num_classes)}
+  out = {'k': k, 'temperature': temperature, **metrics.classification(s, test['label'], num_classes)}
+  return (out, s.argmax(1)) if return_pred else out

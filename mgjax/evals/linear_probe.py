@@ -84,9 +84,10 @@ def select_l2(x: np.ndarray, y: np.ndarray, groups: np.ndarray, num_classes: int
 
 def evaluate(train: dict, test: dict, num_classes: int, steps: int = 500, lr: float = 1e-2,
              l2: Sequence[float] = (1e-4,), folds: int = 3, seed: int = 0,
-             groups: Optional[np.ndarray] = None) -> dict:
+             groups: Optional[np.ndarray] = None, return_pred: bool = False):
   """Top-1 etc. on the test split. With several `l2` values, cross-validation on the train split (folds of
-  train['subject_id'], or of `groups`) picks the one refitted on the whole train split."""
+  train['subject_id'], or of `groups`) picks the one refitted on the whole train split. With return_pred,
+  (metrics, top-1 class per test sample)."""
   l2s = [float(v) for v in (l2 if isinstance(l2, (list, tuple)) else [l2])]
   out = {'steps': steps}
   if len(l2s) > 1:
@@ -98,5 +99,6 @@ def evaluate(train: dict, test: dict, num_classes: int, steps: int = 500, lr: fl
   else:
     chosen = l2s[0]
     out['l2'] = chosen
-  predict = fit(train['features'], train['label'], num_classes, steps, lr, chosen)
-  return {**out, **metrics.classification(predict(test['features']), test['label'], num_classes)}
+  logits = fit(train['features'], train['label'], num_classes, steps, lr, chosen)(test['features'])
+  out.update(metrics.classification(logits, test['label'], num_classes))
+  return (out, logits.argmax(1)) if return_pred else out
