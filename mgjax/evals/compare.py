@@ -9,6 +9,7 @@ import numpy as np
 
 TASKS = ('knn', 'linear_probe', 'recognition')
 
+
 def load(workdir: str) -> dict:
   path = os.path.join(workdir, 'predictions.npz')
   if not os.path.exists(path):
