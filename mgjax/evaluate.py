@@ -69,9 +69,10 @@ def _protocol(data_dir: str, config_name: str) -> dict:
   return json.load(open(found[-1])) if found else {}
 
 
-def recognition(module, cfg, source, config, workdir, preds: dict) -> dict:
+def recognition(module, cfg, source, config, workdir) -> tuple[dict, tuple]:
   """Multi-view test, as VideoMAE's: test_clips temporal windows spread over the segment x test_crops
-  crops along the long side of the short-side-resized frames (left, centre, right), softmax averaged."""
+  crops along the long side of the short-side-resized frames (left, centre, right), softmax averaged.
+  Returns (metrics, (predicted class, label, subject id) per test clip)."""
   fn = jax.jit(lambda v: jax.nn.softmax(module(v), axis=-1))
   probs, labels, subjects = [], [], []
   for i in tqdm.trange(len(source), desc='recognition', unit='clip', leave=False):
@@ -84,12 +85,11 @@ def recognition(module, cfg, source, config, workdir, preds: dict) -> dict:
   probs, labels = np.stack(probs), np.asarray(labels)
   out = {'views': config.test_clips * config.test_crops,
          **metrics.classification(probs, labels, NUM_CLASSES)}
-  preds['recognition'] = (probs.argmax(1), labels, np.asarray(subjects))
   conf = metrics.confusion(probs.argmax(1), labels, NUM_CLASSES)
   path = os.path.join(workdir, 'confusion.png')
   _heatmap(conf).save(path)
   out['confusion_png'] = os.path.basename(path)
-  return out
+  return out, (probs.argmax(1), labels, np.asarray(subjects))
 
 
 def _heatmap(m: np.ndarray, cell: int = 12) -> Image.Image:
@@ -144,8 +144,10 @@ def evaluate(config, workdir: str) -> dict:
       results['emotion'] = emotion.evaluate(both, proto.get('train_video_ids', []),
                                             proto.get('test_video_ids', []), feats['train'], NUM_CLASSES)
   if 'recognition' in tasks:
-    results['recognition'] = (recognition(module, cfg, test_src, config, workdir, preds) if num_classes else
-                              {'skipped': 'recognition needs a fine-tuned (classifier) checkpoint'})
+    if num_classes:
+      results['recognition'], preds['recognition'] = recognition(module, cfg, test_src, config, workdir)
+    else:
+      results['recognition'] = {'skipped': 'recognition needs a fine-tuned (classifier) checkpoint'}
   arrays = {f'{task}.{name}': np.asarray(v) for task, p in preds.items()
             for name, v in zip(('pred', 'label', 'subject_id'), p)}
   _write_atomic(os.path.join(workdir, 'predictions.npz'), lambda f: np.savez(f, **arrays), binary=True)
