@@ -67,6 +67,18 @@ def test_parameter_counts_match_official(size, encoder_m, total_m):
   assert videomae.count_params(m) / 1e6 == pytest.approx(total_m, abs=0.01)
 
 
+def test_auto_attention_is_cudnn_only_where_that_kernel_runs():
+  pick = vit.resolve_attention
+  assert pick('auto', jnp.bfloat16, 64, backend='gpu', capability='9.0') == 'cudnn'  # H100/H200
+  assert pick('auto', jnp.float16, 80, backend='gpu', capability='8.0') == 'cudnn'  # A100, ViT-H heads
+  assert pick('auto', jnp.float32, 64, backend='gpu', capability='9.0') == 'xla'  # no float32 kernel
+  assert pick('auto', jnp.bfloat16, 64, backend='gpu', capability='7.0') == 'xla'  # V100
+  assert pick('auto', jnp.bfloat16, 160, backend='gpu', capability='9.0') == 'xla'  # head too wide
+  assert pick('auto', jnp.bfloat16, 64, backend='tpu') == 'xla'
+  assert pick('auto', jnp.bfloat16, 64) == 'xla'  # this CPU
+  assert pick('cudnn', jnp.float32, 64, backend='cpu') == 'cudnn'  # an explicit choice is kept
+
+
 def test_weight_decay_skips_biases_norms_and_mask_token():
   fns = step_lib.ModelFns.create(videomae.ModelConfig(size='T', frames=4, image_size=32))
   mask = optim.decay_mask(jax.eval_shape(lambda: fns.init(0)))

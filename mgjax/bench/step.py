@@ -17,7 +17,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mgjax.data import pretrain
-from mgjax.models import videomae
+from mgjax.models import videomae, vit
 from mgjax.train import optim, sharding, step as step_lib
 
 flags.DEFINE_integer('batch', 32, 'Global batch (clips per step).')
@@ -71,11 +71,13 @@ def main(argv):
           'mask': np.stack([pretrain.tube_mask(rng, cfg.grid, cfg.mask_ratio) for _ in range(FLAGS.batch)])}
   batch = step_lib.to_global(host, config.micro_batches, bsh)
   key = jax.random.key(0)
+  dim, _, heads = videomae.SIZES[cfg.size][:3]
+  attention = vit.resolve_attention(cfg.attention, cfg.dtype, dim // heads)
   t0 = time.perf_counter()
   compiled = jitted.lower(state, batch, key).compile()
   print(f'compiled in {time.perf_counter() - t0:.1f}s on {jax.device_count()} x {jax.devices()[0].device_kind} '
         f'({jax.default_backend()}), mesh {dict(mesh.shape)}, batch {FLAGS.batch}, '
-        f'attention {cfg.attention}, dtype {cfg.dtype}, remat {cfg.remat}')
+        f'attention {cfg.attention} ({attention}), dtype {cfg.dtype}, remat {cfg.remat}')
   for _ in range(3):
     state, m = compiled(state, batch, key)
   jax.block_until_ready(m['loss'])

@@ -40,7 +40,7 @@ class ModelConfig:
   decoder_depth: Optional[int] = None  # None: the official depth for the size
   drop_path: float = 0.0
   dtype: str = 'bfloat16'
-  attention: str = 'auto'  # 'auto' (XLA picks), 'xla', 'cudnn'
+  attention: str = 'auto'  # 'auto' (cuDNN on a recent NVIDIA GPU in bf16/fp16, else XLA), 'xla', 'cudnn'
   remat: str = 'none'  # 'none', 'full', 'dots'
   mask_ratio: float = 0.9  # tube masking: int(ratio * h * w) positions per frame slot, same for all slots
 

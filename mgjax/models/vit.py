@@ -40,6 +40,24 @@ def drop_path(x: jax.Array, rate: float, key: Optional[jax.Array]) -> jax.Array:
   return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
+def resolve_attention(attention: str, dtype, head_dim: int, backend: Optional[str] = None,
+                      capability: Optional[str] = None) -> str:
+  """The attention implementation a model runs: 'auto' is cuDNN's fused (flash) attention on an NVIDIA GPU of
+  compute capability 8.0 or newer when the computation is bfloat16 or float16 and the head width is a
+  multiple of 8 up to 128 (what that kernel takes), else XLA's. Measured on one H200 (README, Step speed):
+  ViT-L pretraining 390 clips/s with cuDNN against 190 with XLA's attention."""
+  if attention != 'auto':
+    return attention
+  backend = backend or jax.default_backend()
+  if backend not in ('gpu', 'cuda'):
+    return 'xla'
+  if capability is None:
+    capability = getattr(jax.devices()[0], 'compute_capability', '0.0')
+  major = int(str(capability).split('.')[0] or 0)
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  return 'cudnn' if major >= 8 and half and head_dim % 8 == 0 and head_dim <= 128 else 'xla'
+
+
 class Attention(nnx.Module):
 
   def __init__(self, dim: int, heads: int, *, dtype, attention: str, rngs: nnx.Rngs):
@@ -54,7 +72,7 @@ class Attention(nnx.Module):
     bias = jnp.concatenate([self.q_bias[...], jnp.zeros_like(self.v_bias[...]), self.v_bias[...]])
     qkv = (self.qkv(x) + bias.astype(self.dtype)).reshape(b, n, 3, self.heads, d // self.heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    impl = None if self.attention == 'auto' else self.attention
+    impl = resolve_attention(self.attention, self.dtype, d // self.heads)
     out = jax.nn.dot_product_attention(q, k, v, implementation=impl)
     return self.proj(out.reshape(b, n, d))
 
