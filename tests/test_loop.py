@@ -128,6 +128,17 @@ def test_misspelt_config_key_is_an_error_naming_it(built, tmp_path):
   assert out.returncode != 0 and 'base_lrr' in out.stderr
 
 
+def test_decoder_depth_of_every_config_can_be_set_on_the_command_line():
+  # Left as None (the size's depth), the field must still take an int override: an untyped None could not.
+  prog = ('from absl import app, flags; from ml_collections import config_flags; '
+          'config_flags.DEFINE_config_file("config", lock_config=True); '
+          'app.run(lambda _: print("depth", flags.FLAGS.config.model.decoder_depth))')
+  for name in ('vmae_s', 'vmae_b', 'vmae_l', 'vmae_h', 'finetune_s', 'finetune_b', 'finetune_l', 'demo'):
+    for extra, want in (([], 2 if name == 'demo' else None), (['--config.model.decoder_depth=4'], 4)):
+      out = _run([sys.executable, '-c', prog, f'--config=configs/{name}.py', *extra])
+      assert out.returncode == 0 and f'depth {want}' in out.stdout, (name, extra, out.stderr[-500:])
+
+
 def _free_port():
   import socket  # pylint: disable=g-import-not-at-top
   with socket.socket() as s:
