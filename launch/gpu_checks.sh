@@ -15,6 +15,11 @@
 # Environment: PY (python), SEEDS, STEPS, WORKERS, BUDGET, SAMPLE (a dict of mgjax.config), BENCH (0 skips
 # the ViT-L benchmarks), BENCH_CONFIG, BENCH_BATCH, MODEL (overrides of the pretraining and eval model).
 # Where the packages travel as wheels (the device tool of this workplace), .whl/ is installed first.
+#
+# Session 6 ran it on one H200 (README "Step speed", docs/representation_study.md): the benchmarks and the
+# two seeds side by side took 8.5 minutes, and pretraining, input-bound at about 700 clips/s per run with
+# 6 workers, was stopped at step 1769 of 4000. For the full schedule on one seed: BENCH=0 SEEDS=3
+# WORKERS=14 (about 1400 clips/s expected from 117 clips/s per worker, so about 4 minutes of pretraining).
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_out}; W=${W:-/tmp/gw}
@@ -55,9 +60,9 @@ bench() {
   log "bench $name (rc $?): $(grep -E '^compiled|ms/step|^clips/s' "$W/bench_$name.log" | tr '\n' ' ')"
 }
 if [ "$BENCH" = 1 ]; then
-  bench auto
-  bench cudnn --config.model.attention=cudnn
-  [ "$(el)" -lt 170 ] && bench cudnn_dec4 --config.model.attention=cudnn --config.model.decoder_depth=4
+  bench auto  # cuDNN attention on a recent NVIDIA GPU
+  bench xla --config.model.attention=xla
+  [ "$(el)" -lt 170 ] && bench auto_dec4 --config.model.decoder_depth=4
 fi
 wait
 log "data ready: $(for s in $SEEDS; do ls -d $W/s$s/demo_data/records/imigue3k/clips/1.0.0 2>/dev/null; done | wc -l) of $(echo $SEEDS | wc -w)"
