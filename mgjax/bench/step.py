@@ -1,6 +1,6 @@
 r"""Train-step benchmark: compiles the pretraining step of a config and times it on random data.
 
-    python -m mgjax.bench.step --config=configs/vmae_l.py [--batch=32] [--steps=20] [--config.model.attention=cudnn]
+    python -m mgjax.bench.step --config=configs/vmae_l.py [--batch=32] [--steps=20] [--config.model.attention=xla]
 
 Prints clips/s, achieved TFLOP/s by the FLOP model of REFERENCE.md section 4 (forward x 3, visible tokens
 through the encoder, all tokens through the decoder) and MFU against the chip's dense bf16 datasheet peak.
