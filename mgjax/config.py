@@ -18,7 +18,8 @@ def pretrain_base(size: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.model = dict(size=size, frames=16, image_size=224, patch=16, tubelet=2, decoder_depth=None,
-                 drop_path=0.0, dtype='bfloat16', attention='auto', remat='none', mask_ratio=0.9)
+                 drop_path=0.0, dtype='bfloat16', attention='auto', remat='none', mask_ratio=0.9,
+                 mask_type='tube')
   c.data = dict(
       data_dir='',  # empty: generate the sample dataset and build it into the workdir (demo)
       name='pretrain', split='train', stride=4,
@@ -52,7 +53,7 @@ def finetune_base(size: str) -> ml_collections.ConfigDict:
   c.label_fraction = 1.0  # < 1: semi-supervised, a seeded class-stratified subset of the training clips
   c.model = dict(size=size, frames=16, image_size=224, patch=16, tubelet=2, decoder_depth=None,
                  drop_path=0.2 if size == 'H' else 0.1, dtype='bfloat16', attention='auto', remat='none',
-                 mask_ratio=0.9)
+                 mask_ratio=0.9, mask_type='tube')
   c.data = dict(data_dir='', name='clips', stride=4, crop_scale=(0.08, 1.0), flip=True, randaug_n=4,
                 randaug_m=7, erase_prob=0.25,
                 num_repeats=2, class_balanced=False, workers=8)

@@ -5,6 +5,7 @@ Each test runs `python -m mgjax.main` in a subprocess on the sample records (8 f
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,9 +99,13 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(built, tmp_path):
 
 def test_non_finite_loss_stops_with_a_clear_message(built, tmp_path):
   run = str(tmp_path / 'run')
-  out = _run(_cmd(built, run, 40, '--config.optim.base_lr=1e12'))
+  # Checkpoints every 3 steps: the loss turns non-finite at step 3, a checkpoint step.
+  out = _run(_cmd(built, run, 40, '--config.optim.base_lr=1e12', '--config.checkpoint.every_steps=3'))
   assert out.returncode != 0
   assert 'non-finite loss' in out.stderr, out.stderr[-3000:]
+  # Metrics are read one step late, but always before a checkpoint: none is saved at or past the bad step.
+  bad = int(re.search(r'non-finite loss .* at step (\d+);', out.stderr).group(1))
+  assert all(step < bad for step in _checkpoints(run)), (bad, _checkpoints(run))
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   for step in _checkpoints(run):

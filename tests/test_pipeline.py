@@ -80,3 +80,16 @@ def test_process_slices_make_up_the_same_global_batch(built):
     assert got[0]['video'].shape[0] == 4
     np.testing.assert_array_equal(np.concatenate([g['video'] for g in got]), want['video'])
     np.testing.assert_array_equal(np.concatenate([g['mask'] for g in got]), want['mask'])
+
+
+def test_tube_and_random_masks_hide_the_same_number_of_tokens():
+  rng = np.random.default_rng(0)
+  grid = (4, 7, 7)
+  tube = np.stack([pretrain.make_mask(rng, grid, 0.75, 'tube') for _ in range(50)]).reshape(50, 4, 49)
+  rand = np.stack([pretrain.make_mask(rng, grid, 0.75, 'random') for _ in range(50)]).reshape(50, 4, 49)
+  assert (tube.sum((1, 2)) == 36 * 4).all() and (rand.sum((1, 2)) == 36 * 4).all()
+  assert (tube == tube[:, :1]).all()  # tube: the same positions in every time slot
+  seen_later = (rand[:, 0] & ~rand[:, 1:].all(1)).sum()  # random: masked in slot 0, visible in another
+  assert seen_later > 0
+  with np.testing.assert_raises_regex(ValueError, 'unknown mask_type'):
+    pretrain.make_mask(rng, grid, 0.75, 'frame')

@@ -110,6 +110,23 @@ def tube_mask(rng: np.random.Generator, grid: tuple[int, int, int], ratio: float
   return np.tile(spatial, t)
 
 
+MASK_TYPES = ('tube', 'random')
+
+
+def make_mask(rng: np.random.Generator, grid: tuple[int, int, int], ratio: float, kind: str = 'tube') -> np.ndarray:
+  """bool (t*h*w,), True = masked. 'tube': `tube_mask`. 'random': as many masked tokens as tube masking
+  (int(ratio * h * w) * t), anywhere in the clip (VideoMAE's ablation), so a position may be seen in one
+  time slot and masked in another."""
+  if kind == 'tube':
+    return tube_mask(rng, grid, ratio)
+  if kind == 'random':
+    t, h, w = grid
+    out = np.zeros(t * h * w, bool)
+    out[rng.permutation(t * h * w)[:int(ratio * h * w) * t]] = True
+    return out
+  raise ValueError(f'unknown mask_type {kind!r}; known: {MASK_TYPES}')
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
   data_dir: str
@@ -121,6 +138,7 @@ class PipelineConfig:
   augment: AugmentConfig = AugmentConfig()
   grid: tuple = (8, 14, 14)  # token grid of the model: (frames / tubelet, size / patch, size / patch)
   mask_ratio: float = 0.9
+  mask_type: str = 'tube'
   workers: int = 0  # grain worker processes; 0: in this process
   prefetch: int = 2  # batches buffered per worker
 
@@ -144,7 +162,7 @@ class ClipMaker:
     recs, offset = self.sampler.choose(int(self.order[int(g)]), rng)
     frames = records.decode_jpegs(records.window_jpegs(recs, offset, s.frames, s.stride))
     views = [multiscale_crop_resize(frames, cfg.augment, rng) for _ in range(cfg.augment.num_repeats)]
-    masks = [tube_mask(rng, cfg.grid, cfg.mask_ratio) for _ in range(cfg.augment.num_repeats)]
+    masks = [make_mask(rng, cfg.grid, cfg.mask_ratio, cfg.mask_type) for _ in range(cfg.augment.num_repeats)]
     return {'video': np.stack(views), 'mask': np.stack(masks)}
 
 

@@ -42,7 +42,8 @@ class ModelConfig:
   dtype: str = 'bfloat16'
   attention: str = 'auto'  # 'auto' (cuDNN on a recent NVIDIA GPU in bf16/fp16, else XLA), 'xla', 'cudnn'
   remat: str = 'none'  # 'none', 'full', 'dots'
-  mask_ratio: float = 0.9  # tube masking: int(ratio * h * w) positions per frame slot, same for all slots
+  mask_ratio: float = 0.9  # int(ratio * h * w) masked positions per frame slot
+  mask_type: str = 'tube'  # 'tube': the same positions in every slot (VideoMAE); 'random': any tokens, same count
 
   @property
   def grid(self) -> tuple[int, int, int]:
@@ -108,7 +109,7 @@ class Decoder(nnx.Module):
 class VideoMAE(nnx.Module):
   """(video uint8 (B,T,H,W,3), mask bool (B,N), True = masked) -> (prediction, target) of the masked tokens.
 
-  Every clip's mask has cfg.num_masked True entries (tube masking guarantees it).
+  Every clip's mask has cfg.num_masked True entries (`pretrain.make_mask` guarantees it, tube or random).
   """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):

@@ -226,27 +226,40 @@ def train_and_evaluate(config, workdir: str) -> dict:
   base_key = jax.random.key(config.seed)
   history, evals = [], {}
   progress = metrics_lib.Progress(start, total_steps, config.global_batch, config.log_every, writer)
+
+  def record(done, m):
+    m = jax.device_get(m)
+    if not bool(m['finite']):
+      raise pretrain_loop.NonFiniteLossError(
+          f'non-finite loss ({float(m["loss"])}) at step {done}; the update was not applied and nothing '
+          f'after the last checkpoint (step {mngr.latest_step()}) was saved.')
+    history.append(float(m['loss']))
+    writer.scalars(done, {'loss': m['loss'], 'grad_norm': m['grad_norm'], 'lr': m['lr']})
+    progress.update(done, float(m['loss']), float(m['lr']))
+
+  pending = None
   try:
     for step in range(start, total_steps):
       host = next(data_iter)
       batch = step_lib.to_global(host, config.micro_batches, bsh)
       state, m = jitted(state, batch, jax.random.fold_in(base_key, step))
       done = step + 1
-      m = jax.device_get(m)
-      if not bool(m['finite']):
-        raise pretrain_loop.NonFiniteLossError(
-            f'non-finite loss ({float(m["loss"])}) at step {done}; the update was not applied and nothing '
-            f'after the last checkpoint (step {mngr.latest_step()}) was saved.')
-      history.append(float(m['loss']))
-      writer.scalars(done, {'loss': m['loss'], 'grad_norm': m['grad_norm'], 'lr': m['lr']})
-      progress.update(done, float(m['loss']), float(m['lr']))
-      if config.eval_every and (done % config.eval_every == 0 or done == total_steps):
+      # Metrics one step late, as in pretraining (mgjax.train.loop): read before any checkpoint or eval.
+      if pending is not None:
+        record(*pending)
+      pending = (done, m)
+      stop = preempt.requested
+      eval_due = config.eval_every and (done % config.eval_every == 0 or done == total_steps)
+      if stop or eval_due or done == total_steps or done % config.checkpoint.every_steps == 0:
+        record(*pending)
+        pending = None
+      if eval_due:
         r = evaluate_top1(fns, state['params'], test_src, model_cfg, d.stride, config.eval_limit)
         evals[done] = r['top1']
         writer.scalars(done, {'test_top1': r['top1'], 'test_mean_class_accuracy': r['mean_class_accuracy']})
         logging.info('step %d: test top-1 %.1f%%, mean class accuracy %.1f%% (single view)', done,
                      100 * r['top1'], 100 * r['mean_class_accuracy'])
-      if preempt.requested:
+      if stop:
         ckpt.save(mngr, done, state, data_iter, force=True)
         mngr.wait_until_finished()
         return {'steps': done, 'losses': history, 'test_top1': evals, 'preempted': True}

@@ -36,7 +36,10 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def model_config(config) -> ModelConfig:
-  return ModelConfig(**config.model.to_dict())
+  cfg = ModelConfig(**config.model.to_dict())
+  if cfg.mask_type not in pipeline.MASK_TYPES:
+    raise ValueError(f'config.model.mask_type: unknown {cfg.mask_type!r}; known: {pipeline.MASK_TYPES}')
+  return cfg
 
 
 def pipeline_config(config, data_dir: str, model_cfg: ModelConfig) -> pipeline.PipelineConfig:
@@ -47,7 +50,8 @@ def pipeline_config(config, data_dir: str, model_cfg: ModelConfig) -> pipeline.P
                                        static_motion=d.static_motion, static_keep=d.static_keep),
       augment=pipeline.AugmentConfig(image_size=model_cfg.image_size, scales=tuple(d.scales), flip=d.flip,
                                      num_repeats=d.num_repeats),
-      grid=model_cfg.grid, mask_ratio=model_cfg.mask_ratio, workers=d.workers, prefetch=d.prefetch)
+      grid=model_cfg.grid, mask_ratio=model_cfg.mask_ratio,
+      mask_type=model_cfg.mask_type, workers=d.workers, prefetch=d.prefetch)
 
 
 def prepare_demo_data(workdir: str, sample_args: dict) -> str:
@@ -174,7 +178,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---- Loop.
   history = []
   progress = metrics_lib.Progress(start, total_steps, config.global_batch, config.log_every, writer)
-  compiled = None
+
+  def record(done, m):
+    m = jax.device_get(m)
+    if not bool(m['finite']):
+      raise NonFiniteLossError(
+          f'non-finite loss ({float(m["loss"])}) or gradient norm ({float(m["grad_norm"])}) at step {done}; '
+          f'the update was not applied and nothing after the last checkpoint '
+          f'(step {mngr.latest_step()}) was saved. Lower the learning rate or enable clipping '
+          f'(--config.optim.clip_norm).')
+    history.append(float(m['loss']))
+    writer.scalars(done, {'loss': m['loss'], 'grad_norm': m['grad_norm'], 'lr': m['lr']})
+    progress.update(done, float(m['loss']), float(m['lr']))
+
+  compiled, pending = None, None
   try:
     for step in range(start, total_steps):
       if config.profile_steps and step == config.profile_steps[0]:
@@ -194,19 +211,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if config.profile_steps and done == config.profile_steps[1]:
         jax.block_until_ready(state)
         jax.profiler.stop_trace()
-      m = jax.device_get(m)
-      if not bool(m['finite']):
-        raise NonFiniteLossError(
-            f'non-finite loss ({float(m["loss"])}) or gradient norm ({float(m["grad_norm"])}) at step {done}; '
-            f'the update was not applied and nothing after the last checkpoint '
-            f'(step {mngr.latest_step()}) was saved. Lower the learning rate or enable clipping '
-            f'(--config.optim.clip_norm).')
-      history.append(float(m['loss']))
-      writer.scalars(done, {'loss': m['loss'], 'grad_norm': m['grad_norm'], 'lr': m['lr']})
-      progress.update(done, float(m['loss']), float(m['lr']))
-      if config.viz_every and jax.process_count() == 1 and (done % config.viz_every == 0 or done == total_steps):
+      # The metrics are read one step late: the previous step's, while this one runs, so the host never
+      # waits for the device before preparing the next batch. Before a checkpoint, a picture or the end,
+      # this step's own are read, so no state is saved past a non-finite step.
+      if pending is not None:
+        record(*pending)
+      pending = (done, m)
+      viz_due = config.viz_every and jax.process_count() == 1 and (done % config.viz_every == 0 or
+                                                                    done == total_steps)
+      stop = preempt.requested
+      if stop or viz_due or done == total_steps or done % config.checkpoint.every_steps == 0:
+        record(*pending)
+        pending = None
+      if viz_due:
         _write_reconstruction(workdir, writer, done, eval_recon, state['params'], host, model_cfg, mesh)
-      if preempt.requested:
+      if stop:
         ckpt.save(mngr, done, state, data_iter, force=True)
         mngr.wait_until_finished()
         logging.warning('Saved step %d after SIGTERM; exiting.', done)
