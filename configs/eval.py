@@ -7,7 +7,8 @@ evaluates the model of --config.model at random initialisation (the baseline). T
 retrieval, emotion on frozen features; recognition needs a fine-tuned (classifier) checkpoint.
 --config.pooling=temporal_std reads frozen features as what changes over the clip instead of VideoMAE's
 mean over tokens (docs/representation_study.md: on the sample's gestures it is the readout that shows
-what pretraining learned).
+what pretraining learned); --config.pooling=temporal_std_grid keeps that change per spatial position
+(positions x width numbers per clip: for small models).
 """
 
 import ml_collections
@@ -22,7 +23,7 @@ def get_config():
   c.model = dict(size='XS', frames=8, image_size=64, patch=16, tubelet=2, decoder_depth=2, mask_ratio=0.75)
   c.seed = 0
   c.stride = 4
-  c.pooling = 'mean'  # frozen features: 'mean' over tokens (VideoMAE) or 'temporal_std' (what moves)
+  c.pooling = 'mean'  # frozen features: 'mean' over tokens (VideoMAE), 'temporal_std' (what moves), 'temporal_std_grid'
   c.num_clips = 2  # temporal windows per clip for frozen features
   c.test_clips = 3  # recognition: temporal windows x ...
   c.test_crops = 3  # ... spatial crops, softmax averaged

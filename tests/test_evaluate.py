@@ -168,6 +168,8 @@ def test_temporal_std_pooling_keeps_what_moves():
   flat = tokens.reshape(1, 6, 2)
   np.testing.assert_allclose(features.pool_tokens(flat, 2, 'mean'), [[0.0, 5.0]])
   np.testing.assert_allclose(features.pool_tokens(flat, 2, 'temporal_std'), [[1 / 3, 0.0]], rtol=1e-6)
+  # The grid keeps where the change is: position 1, channel 0.
+  np.testing.assert_allclose(features.pool_tokens(flat, 2, 'temporal_std_grid'), [[0, 0, 1, 0, 0, 0]], atol=1e-6)
   with pytest.raises(ValueError, match="unknown pooling 'max'"):
     features.pool_tokens(flat, 2, 'max')
 

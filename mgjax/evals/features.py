@@ -57,21 +57,26 @@ def clip_views(record, frames: int, stride: int, num_clips: int, size: int, crop
   return np.concatenate([resize_crops(np.stack([decoded[i] for i in row]), size, crops) for row in idx])
 
 
-POOLINGS = ('mean', 'temporal_std')
+POOLINGS = ('mean', 'temporal_std', 'temporal_std_grid')
 
 
 def pool_tokens(tokens, grid_t: int, pooling: str):
-  """(B, N, D) encoder tokens in t-major order -> (B, D).
+  """(B, N, D) encoder tokens in t-major order -> (B, D), or (B, P * D) for 'temporal_std_grid'.
 
   'mean': the mean over all tokens (VideoMAE's pooling). 'temporal_std': for each spatial position, the
   standard deviation of its token over the grid_t temporal slots, then the mean over positions: what
   changes during the clip, with the static scene and the person's look (constant over time) removed.
+  'temporal_std_grid': the same deviations for the P = N / grid_t positions, kept in place (where the
+  change is, as well as what it is). P * D numbers per clip: 2048 for the XS demo, 200,704 for ViT-L at
+  224 px, too many to cache and probe on the full dataset; meant for small models.
   """
   if pooling == 'mean':
     return tokens.mean(axis=1)
+  b, n, d = tokens.shape
   if pooling == 'temporal_std':
-    b, n, d = tokens.shape
     return tokens.reshape(b, grid_t, n // grid_t, d).std(axis=1).mean(axis=1)
+  if pooling == 'temporal_std_grid':
+    return tokens.reshape(b, grid_t, n // grid_t, d).std(axis=1).reshape(b, -1)
   raise ValueError(f'unknown pooling {pooling!r}; known: {POOLINGS}')
 
 
