@@ -7,7 +7,7 @@
 #    section 4 has the PyTorch figures on the same batch), while the CPU generates the sample datasets.
 # 2. Issue 4's frozen-feature question at a scale the 2-core demo cannot reach: the S model at 112 pixels
 #    pretrained on the 64-subject sample of each seed in SEEDS, then kNN and linear probe (mean and
-#    temporal_std readouts) against the same model at random initialisation, with mgjax.compare's
+#    temporal_std and temporal_std_grid readouts) against the same model at random initialisation, with mgjax.compare's
 #    bootstrap intervals.
 #
 # Every stage has a time limit inside BUDGET seconds; a stage that fails or runs out leaves its log and
@@ -83,15 +83,15 @@ evaluate() {  # seed checkpoint name pooling
     --config.tasks="('knn','linear_probe')" --workdir=$W/s$1/e_$3_$4 > "$W/s$1.e_$3_$4.log" 2>&1
 }
 for s in $SEEDS; do
-  (for pool in mean temporal_std; do evaluate $s random random $pool; done) &
+  (for pool in mean temporal_std temporal_std_grid; do evaluate $s random random $pool; done) &
 done
 wait
 for s in $SEEDS; do
   log "seed $s pretraining: $(grep -E 'step [0-9]+/|Done' "$W/pre$s.log" | tail -3 | sed 's/.*\] //' | tr '\n' ' ')"
 done
-for s in $SEEDS; do for pool in mean temporal_std; do evaluate $s $W/s$s/pre pre $pool & done; done
+for s in $SEEDS; do for pool in mean temporal_std temporal_std_grid; do evaluate $s $W/s$s/pre pre $pool & done; done
 wait
-for s in $SEEDS; do for pool in mean temporal_std; do
+for s in $SEEDS; do for pool in mean temporal_std temporal_std_grid; do
   log "seed $s $pool: $($PY -m mgjax.compare $W/s$s/e_pre_$pool $W/s$s/e_random_$pool 2>&1 | tail -2 | tr '\n' ' ')"
 done; done
 tar czf "$OUT/logs.tar.gz" -C "$W" --exclude='*/demo_data' --exclude='*/features' --exclude='*/checkpoints' \
