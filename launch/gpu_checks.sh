@@ -7,8 +7,8 @@
 #    section 4 has the PyTorch figures on the same batch), while the CPU generates the sample datasets.
 # 2. Issue 4's frozen-feature question at a scale the 2-core demo cannot reach: the S model at 112 pixels
 #    pretrained on the 64-subject sample of each seed in SEEDS, then kNN and linear probe (mean and
-#    temporal_std and temporal_std_grid readouts) against the same model at random initialisation, with mgjax.compare's
-#    bootstrap intervals.
+#    temporal_std and temporal_std_grid readouts) against the same model at random initialisation,
+#    with mgjax.compare's bootstrap intervals.
 #
 # Every stage has a time limit inside BUDGET seconds; a stage that fails or runs out leaves its log and
 # the next stage goes on. Figures go to $OUT/summary.txt (and stdout), logs and results to $OUT/logs.tar.gz.
