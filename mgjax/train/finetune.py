@@ -237,22 +237,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer.scalars(done, {'loss': m['loss'], 'grad_norm': m['grad_norm'], 'lr': m['lr']})
     progress.update(done, float(m['loss']), float(m['lr']))
 
-  pending = None
+  late = metrics_lib.OneStepLate(record)  # metrics read while the next step runs
   try:
     for step in range(start, total_steps):
       host = next(data_iter)
       batch = step_lib.to_global(host, config.micro_batches, bsh)
       state, m = jitted(state, batch, jax.random.fold_in(base_key, step))
       done = step + 1
-      # Metrics one step late, as in pretraining (mgjax.train.loop): read before any checkpoint or eval.
-      if pending is not None:
-        record(*pending)
-      pending = (done, m)
+      late.push(done, m)
       stop = preempt.requested
       eval_due = config.eval_every and (done % config.eval_every == 0 or done == total_steps)
       if stop or eval_due or done == total_steps or done % config.checkpoint.every_steps == 0:
-        record(*pending)
-        pending = None
+        late.flush()
       if eval_due:
         r = evaluate_top1(fns, state['params'], test_src, model_cfg, d.stride, config.eval_limit)
         evals[done] = r['top1']

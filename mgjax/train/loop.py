@@ -191,7 +191,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.scalars(done, {'loss': m['loss'], 'grad_norm': m['grad_norm'], 'lr': m['lr']})
     progress.update(done, float(m['loss']), float(m['lr']))
 
-  compiled, pending = None, None
+  late = metrics_lib.OneStepLate(record)  # metrics read while the next step runs
+  compiled = None
   try:
     for step in range(start, total_steps):
       if config.profile_steps and step == config.profile_steps[0]:
@@ -211,18 +212,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if config.profile_steps and done == config.profile_steps[1]:
         jax.block_until_ready(state)
         jax.profiler.stop_trace()
-      # The metrics are read one step late: the previous step's, while this one runs, so the host never
-      # waits for the device before preparing the next batch. Before a checkpoint, a picture or the end,
-      # this step's own are read, so no state is saved past a non-finite step.
-      if pending is not None:
-        record(*pending)
-      pending = (done, m)
+      late.push(done, m)
       viz_due = config.viz_every and jax.process_count() == 1 and (done % config.viz_every == 0 or
                                                                     done == total_steps)
       stop = preempt.requested
       if stop or viz_due or done == total_steps or done % config.checkpoint.every_steps == 0:
-        record(*pending)
-        pending = None
+        late.flush()
       if viz_due:
         _write_reconstruction(workdir, writer, done, eval_recon, state['params'], host, model_cfg, mesh)
       if stop:

@@ -50,6 +50,25 @@ class MetricWriter:
       self._tb.close()
 
 
+class OneStepLate:
+  """Reads each step's metrics while the next step runs, so the host never waits for the device before
+  preparing the next batch: push(step, metrics) hands the previous push to `read`; flush() reads the
+  last push now (before a checkpoint, an evaluation or the end, so none is saved past a bad step)."""
+
+  def __init__(self, read):
+    self._read, self._pending = read, None
+
+  def push(self, step: int, metrics):
+    previous, self._pending = self._pending, (step, metrics)
+    if previous is not None:
+      self._read(*previous)
+
+  def flush(self):
+    if self._pending is not None:
+      pending, self._pending = self._pending, None
+      self._read(*pending)
+
+
 class Progress:
   """The console line every `every` steps (and at the last), with clips/s over the interval and ETA."""
 
