@@ -119,8 +119,8 @@ def _write_model_json(out: str, w: Weights, fmt: str):
 
 
 def hf_config(model: videomae.ModelConfig, num_classes: Optional[int]) -> dict:
-  dim, depth, heads, ddim, dheads, ddepth = videomae.SIZES[model.size]
-  ddepth = model.decoder_depth if model.decoder_depth is not None else ddepth
+  dim, depth, heads = videomae.SIZES[model.size][:3]
+  ddim, dheads, ddepth = model.decoder
   c = {'model_type': 'videomae',
        'architectures': ['VideoMAEForVideoClassification' if num_classes else 'VideoMAEForPreTraining'],
        'image_size': model.image_size, 'patch_size': model.patch, 'num_channels': 3,
@@ -192,13 +192,29 @@ def _size_of(dim: int, depth: int, where: str) -> str:
                              f'(known: { {k: v[:2] for k, v in videomae.SIZES.items()} })')
 
 
+def _decoder_width(size: str, width: Optional[int], where: str) -> Optional[int]:
+  """None for the size's own decoder width (or none stored), else the width, checked."""
+  if width is None or width == videomae.SIZES[size][3]:
+    return None
+  try:
+    return videomae.ModelConfig(size=size, decoder_width=int(width)).decoder_width
+  except ValueError as e:
+    raise convert.WeightsError(f'{where}: {e}') from None
+
+
 def _load_foreign_hf(path: str) -> Weights:
   """A transformers VideoMAE directory that mgjax did not write (e.g. one from the Hub)."""
   c = json.load(open(os.path.join(path, 'config.json')))
   size = _size_of(c['hidden_size'], c['num_hidden_layers'], path)
   model = videomae.ModelConfig(size=size, frames=c.get('num_frames', 16), image_size=c.get('image_size', 224),
                                patch=c.get('patch_size', 16), tubelet=c.get('tubelet_size', 2),
-                               decoder_depth=c.get('decoder_num_hidden_layers'))
+                               decoder_depth=c.get('decoder_num_hidden_layers'),
+                               decoder_width=_decoder_width(size, c.get('decoder_hidden_size'), path))
+  if c.get('decoder_num_attention_heads', model.decoder[1]) != model.decoder[1]:
+    raise convert.WeightsError(
+        f"{path}: decoder_num_attention_heads {c['decoder_num_attention_heads']} with decoder_hidden_size "
+        f"{model.decoder[0]}: mgjax's {size} decoder has {model.decoder[1]} heads of width "
+        f"{videomae.SIZES[size][3] // videomae.SIZES[size][4]}")
   classifier = any('Classification' in a for a in c.get('architectures', []))
   num_classes = len(c.get('id2label', {})) or c.get('num_labels') if classifier else None
   files = [f for f in ('model.safetensors', 'pytorch_model.bin') if os.path.exists(os.path.join(path, f))]
@@ -232,8 +248,10 @@ def _load_official_file(path: str, frames: int = 16, image_size: int = 224) -> W
   w = sd[f'{pre}patch_embed.proj.weight']
   depth = len({k.split('.')[1 + (not finetuned)] for k in sd if k.startswith(f'{pre}blocks.')})
   ddepth = len({k.split('.')[2] for k in sd if k.startswith('decoder.blocks.')}) or None
-  model = videomae.ModelConfig(size=_size_of(w.shape[0], depth, path), frames=frames, image_size=image_size,
-                               patch=w.shape[-1], tubelet=w.shape[2], decoder_depth=ddepth)
+  size = _size_of(w.shape[0], depth, path)
+  dwidth = _decoder_width(size, sd['mask_token'].shape[-1], path) if 'mask_token' in sd else None
+  model = videomae.ModelConfig(size=size, frames=frames, image_size=image_size, patch=w.shape[-1],
+                               tubelet=w.shape[2], decoder_depth=ddepth, decoder_width=dwidth)
   num_classes = sd['head.weight'].shape[0] if finetuned else None
   return Weights(convert.from_official(sd, template(model, num_classes)), model, num_classes)
 

@@ -186,3 +186,37 @@ def test_foreign_transformers_and_official_files_load(workdir, tmp_path):
   assert shape(from_pth.model) == shape(w.model)
   for k, v in convert.flatten(from_pth.params).items():
     np.testing.assert_array_equal(v, convert.flatten(w.params)[k], err_msg=k)
+
+
+def test_decoder_width_exports_loads_and_matches(tmp_path):
+  """A decoder of another width than the size's (model.decoder_width): transformers loads it with no
+  missing keys and the same outputs, and transformers' own directory and the official file load back with
+  the width read from the weights."""
+  cfg = videomae.ModelConfig(size='T', frames=4, image_size=32, dtype='float32', mask_ratio=0.5,
+                             decoder_width=48)
+  assert cfg.decoder == (48, 3, 1)  # the T decoder's head width 16 kept: 3 heads
+  model = videomae.VideoMAE(cfg, rngs=nnx.Rngs(5))
+  params = nnx.state(model, nnx.Param).to_pure_dict()
+  assert params['mask_token'].shape == (1, 1, 48)
+  w = export.Weights(params, cfg)
+  out = str(tmp_path / 'hf')
+  export.write(w, 'hf', out)
+  pre, info = VideoMAEForPreTraining.from_pretrained(out, output_loading_info=True)
+  assert _no_missing_or_unexpected(info), info
+  assert pre.config.decoder_hidden_size == 48 and pre.config.decoder_num_attention_heads == 3
+  video, pixels, mask = _inputs(cfg)
+  with torch.no_grad():
+    logits = pre(pixel_values=pixels, bool_masked_pos=torch.tensor(mask)).logits.numpy()
+  pred, _ = model(jnp.asarray(video), jnp.asarray(mask))
+  np.testing.assert_allclose(logits, np.asarray(pred), atol=1e-4)
+  saved = str(tmp_path / 'saved_by_transformers')
+  pre.save_pretrained(saved)
+  official = str(tmp_path / 'official')
+  export.write(w, 'official', official)
+  for back in (export.load(saved), export.load(os.path.join(official, 'model.safetensors'), frames=4,
+                                                          image_size=32)):
+    assert back.model.decoder_width == 48
+    for k, v in convert.flatten(back.params).items():
+      np.testing.assert_array_equal(v, np.asarray(convert.flatten(params)[k]), err_msg=k)
+  with pytest.raises(ValueError, match='model.decoder_width=40: not a positive multiple of .*16'):
+    videomae.ModelConfig(size='T', decoder_width=40)

@@ -37,8 +37,8 @@ def layer_flops(n: int, w: int) -> float:
 
 def flops_per_clip(cfg: videomae.ModelConfig) -> float:
   """One training step's FLOPs per clip: 3 x forward (REFERENCE.md section 4)."""
-  dim, depth, _, ddim, _, ddepth = videomae.SIZES[cfg.size]
-  ddepth = cfg.decoder_depth if cfg.decoder_depth is not None else ddepth
+  dim, depth = videomae.SIZES[cfg.size][:2]
+  ddim, _, ddepth = cfg.decoder
   n, p = cfg.num_tokens, cfg.patch_dim
   v = n - cfg.num_masked
   fwd = (2 * v * p * dim + depth * layer_flops(v, dim) + 2 * v * dim * ddim + ddepth * layer_flops(n, ddim)

@@ -38,12 +38,28 @@ class ModelConfig:
   patch: int = 16
   tubelet: int = 2
   decoder_depth: Optional[int] = None  # None: the official depth for the size
+  decoder_width: Optional[int] = None  # None: the official width; heads keep the size's decoder head width
   drop_path: float = 0.0
   dtype: str = 'bfloat16'
   attention: str = 'auto'  # 'auto' (cuDNN on a recent NVIDIA GPU in bf16/fp16, else XLA), 'xla', 'cudnn'
   remat: str = 'none'  # 'none', 'full', 'dots'
   mask_ratio: float = 0.9  # int(ratio * h * w) masked positions per frame slot
   mask_type: str = 'tube'  # 'tube': the same positions in every slot (VideoMAE); 'random': any tokens, same count
+
+  def __post_init__(self):
+    if self.size not in SIZES:
+      raise ValueError(f'model.size: unknown {self.size!r}; known: {tuple(SIZES)}')
+    dim, heads = SIZES[self.size][3:5]
+    if self.decoder_width is not None and (self.decoder_width <= 0 or self.decoder_width % (dim // heads)):
+      raise ValueError(f'model.decoder_width={self.decoder_width}: not a positive multiple of size '
+                       f'{self.size}\'s decoder head width {dim // heads}')
+
+  @property
+  def decoder(self) -> tuple[int, int, int]:
+    """The decoder's (width, heads, depth): the size's own unless decoder_width / decoder_depth are set."""
+    dim, heads, depth = SIZES[self.size][3:]
+    width = self.decoder_width if self.decoder_width is not None else dim
+    return (width, width // (dim // heads), self.decoder_depth if self.decoder_depth is not None else depth)
 
   @property
   def grid(self) -> tuple[int, int, int]:
@@ -91,8 +107,7 @@ class Encoder(nnx.Module):
 class Decoder(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    _, _, _, dim, heads, depth = SIZES[cfg.size]
-    depth = cfg.decoder_depth if cfg.decoder_depth is not None else depth
+    dim, heads, depth = cfg.decoder
     dtype = jnp.dtype(cfg.dtype)
     self.blocks = vit.make_blocks(dim, depth, heads, drop_path=0.0, dtype=dtype, attention=cfg.attention,
                                   rngs=rngs)
@@ -114,7 +129,7 @@ class VideoMAE(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    dec_dim = SIZES[cfg.size][3]
+    dec_dim = cfg.decoder[0]
     self.encoder = Encoder(cfg, rngs=rngs)
     self.encoder_to_decoder = nnx.Linear(SIZES[cfg.size][0], dec_dim, use_bias=False,
                                          kernel_init=nnx.initializers.xavier_uniform(),
