@@ -212,9 +212,8 @@ def _load_foreign_hf(path: str) -> Weights:
                                decoder_width=_decoder_width(size, c.get('decoder_hidden_size'), path))
   if c.get('decoder_num_attention_heads', model.decoder[1]) != model.decoder[1]:
     raise convert.WeightsError(
-        f"{path}: decoder_num_attention_heads {c['decoder_num_attention_heads']} with decoder_hidden_size "
-        f"{model.decoder[0]}: mgjax's {size} decoder has {model.decoder[1]} heads of width "
-        f"{videomae.SIZES[size][3] // videomae.SIZES[size][4]}")
+        f"{path}: decoder_num_attention_heads {c['decoder_num_attention_heads']}, but mgjax's {size} decoder "
+        f"of width {model.decoder[0]} has {model.decoder[1]} heads")
   classifier = any('Classification' in a for a in c.get('architectures', []))
   num_classes = len(c.get('id2label', {})) or c.get('num_labels') if classifier else None
   files = [f for f in ('model.safetensors', 'pytorch_model.bin') if os.path.exists(os.path.join(path, f))]
