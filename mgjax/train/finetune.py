@@ -227,17 +227,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   history, evals = [], {}
   progress = metrics_lib.Progress(start, total_steps, config.global_batch, config.log_every, writer)
 
-  def record(done, m):
-    m = jax.device_get(m)
-    if not bool(m['finite']):
-      raise pretrain_loop.NonFiniteLossError(
-          f'non-finite loss ({float(m["loss"])}) at step {done}; the update was not applied and nothing '
-          f'after the last checkpoint (step {mngr.latest_step()}) was saved.')
-    history.append(float(m['loss']))
-    writer.scalars(done, {'loss': m['loss'], 'grad_norm': m['grad_norm'], 'lr': m['lr']})
-    progress.update(done, float(m['loss']), float(m['lr']))
+  def nonfinite(done, m):
+    return pretrain_loop.NonFiniteLossError(
+        f'non-finite loss ({float(m["loss"])}) at step {done}; the update was not applied and nothing '
+        f'after the last checkpoint (step {mngr.latest_step()}) was saved.')
 
-  late = metrics_lib.OneStepLate(record)  # metrics read while the next step runs
+  # metrics read while the next step runs
+  late = metrics_lib.OneStepLate(metrics_lib.step_recorder(history, writer, progress, nonfinite))
   try:
     for step in range(start, total_steps):
       host = next(data_iter)

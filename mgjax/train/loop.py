@@ -179,19 +179,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   history = []
   progress = metrics_lib.Progress(start, total_steps, config.global_batch, config.log_every, writer)
 
-  def record(done, m):
-    m = jax.device_get(m)
-    if not bool(m['finite']):
-      raise NonFiniteLossError(
-          f'non-finite loss ({float(m["loss"])}) or gradient norm ({float(m["grad_norm"])}) at step {done}; '
-          f'the update was not applied and nothing after the last checkpoint '
-          f'(step {mngr.latest_step()}) was saved. Lower the learning rate or enable clipping '
-          f'(--config.optim.clip_norm).')
-    history.append(float(m['loss']))
-    writer.scalars(done, {'loss': m['loss'], 'grad_norm': m['grad_norm'], 'lr': m['lr']})
-    progress.update(done, float(m['loss']), float(m['lr']))
+  def nonfinite(done, m):
+    return NonFiniteLossError(
+        f'non-finite loss ({float(m["loss"])}) or gradient norm ({float(m["grad_norm"])}) at step {done}; '
+        f'the update was not applied and nothing after the last checkpoint '
+        f'(step {mngr.latest_step()}) was saved. Lower the learning rate or enable clipping '
+        f'(--config.optim.clip_norm).')
 
-  late = metrics_lib.OneStepLate(record)  # metrics read while the next step runs
+  # metrics read while the next step runs
+  late = metrics_lib.OneStepLate(metrics_lib.step_recorder(history, writer, progress, nonfinite))
   compiled = None
   try:
     for step in range(start, total_steps):

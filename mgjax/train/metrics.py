@@ -69,6 +69,20 @@ class OneStepLate:
       self._read(*pending)
 
 
+def step_recorder(history: list, writer: 'MetricWriter', progress: 'Progress', nonfinite_error):
+  """The `read` of OneStepLate for a training loop: fetches a step's metrics; raises
+  nonfinite_error(step, metrics) when its loss or gradient was not finite (the step's update was not
+  applied), else appends the loss to `history`, writes loss, gradient norm and lr, and updates `progress`."""
+  def record(done: int, m):
+    m = jax.device_get(m)
+    if not bool(m['finite']):
+      raise nonfinite_error(done, m)
+    history.append(float(m['loss']))
+    writer.scalars(done, {'loss': m['loss'], 'grad_norm': m['grad_norm'], 'lr': m['lr']})
+    progress.update(done, float(m['loss']), float(m['lr']))
+  return record
+
+
 class Progress:
   """The console line every `every` steps (and at the last), with clips/s over the interval and ETA."""
 
