@@ -38,7 +38,7 @@ def pretrain_base(size: str) -> ml_collections.ConfigDict:
   c.log_every = 50
   c.viz_every = 5000
   c.profile_steps = ()  # (start, stop): write a profiler trace of these steps to workdir/profile
-  # None: the size's own decoder depth and width; typed placeholders so --config.model.decoder_depth=4 can set it
+  # None: the size's own decoder depth / width; typed placeholders so --config.model.decoder_depth=4 works
   c.model.decoder_depth = ml_collections.config_dict.placeholder(int)
   c.model.decoder_width = ml_collections.config_dict.placeholder(int)
   return c.lock()
@@ -71,7 +71,7 @@ def finetune_base(size: str) -> ml_collections.ConfigDict:
   c.log_every = 50
   c.eval_every = 1000  # steps between single-view test evaluations; 0: none
   c.eval_limit = 0  # evaluate on this many test clips (0: all)
-  # None: the size's own decoder depth and width; typed placeholders so --config.model.decoder_depth=4 can set it
+  # None: the size's own decoder depth / width; typed placeholders so --config.model.decoder_depth=4 works
   c.model.decoder_depth = ml_collections.config_dict.placeholder(int)
   c.model.decoder_width = ml_collections.config_dict.placeholder(int)
   return c.lock()

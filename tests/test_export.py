@@ -221,7 +221,8 @@ def test_decoder_width_exports_loads_and_matches(tmp_path):
   cfg_json = json.load(open(os.path.join(saved, 'config.json')))
   cfg_json['decoder_num_attention_heads'] = 2  # heads of width 24: not what mgjax's T decoder computes
   json.dump(cfg_json, open(os.path.join(saved, 'config.json'), 'w'))
-  with pytest.raises(convert.WeightsError, match=r'saved_by_transformers: decoder_num_attention_heads 2, but .* 3 heads'):
+  with pytest.raises(convert.WeightsError,
+                     match=r'saved_by_transformers: decoder_num_attention_heads 2, but .* 3 heads'):
     export.load(saved)
   with pytest.raises(ValueError, match='model.decoder_width=40: not a positive multiple of .*16'):
     videomae.ModelConfig(size='T', decoder_width=40)
