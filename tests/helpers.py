@@ -1,11 +1,13 @@
-"""Helpers for tests: small sample data, builds, record comparison."""
+"""Helpers for tests: small sample data, builds, record comparison, watching a training run."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
+from mgjax.train import metrics as metrics_lib
 from tfds_imigue3k import sample as sample_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,3 +78,30 @@ def assert_frames_match(got: np.ndarray, video: np.ndarray, indices, tol: float 
     cands = [k for k in range(i - 2, i + 3) if 0 <= k < len(video)]
     best = cands[int(np.argmin([np.abs(got[j] - video[k]).mean() for k in cands]))]
     assert best == i, f'frame {j} looks like source frame {best}, expected {i}'
+
+
+def losses(workdir):
+  """Per-step loss; a step run twice (before a kill, after the resume) keeps its last value."""
+  out = {}
+  for r in metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl')):
+    if 'loss' in r:
+      out[r['step']] = r['loss']
+  return out
+
+
+def wait_for_step(workdir, proc, step, timeout=240):
+  """Waits until a running training process has logged `step`."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    assert proc.poll() is None, 'run ended before it could be interrupted'
+    if os.path.exists(path) and any(s >= step for s in losses(workdir)):
+      return
+    time.sleep(0.02)
+  raise TimeoutError(f'step {step} not reached')
+
+
+def checkpoints(workdir):
+  """The steps of a workdir's saved checkpoints, ascending."""
+  d = os.path.join(workdir, 'checkpoints')
+  return sorted(int(x) for x in os.listdir(d) if x.isdigit()) if os.path.isdir(d) else []

@@ -1,8 +1,10 @@
-"""Fine-tuning: from a real pretraining run, resume, semi-supervised subsets, augmentation invariants,
-layer-wise lr decay, and errors for weights of another size."""
+"""Fine-tuning: from a real pretraining run, resume (bit-exact after SIGKILL), the non-finite stop,
+semi-supervised subsets, augmentation invariants, layer-wise lr decay, and errors for weights of another size."""
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -56,6 +58,45 @@ def test_finetune_from_pretraining_resumes_and_exports(built, pretrain_run, tmp_
   model, info = VideoMAEForVideoClassification.from_pretrained(hf_dir, output_loading_info=True)
   assert not info['missing_keys'] and not info['unexpected_keys']
   assert model.config.num_labels == 32
+
+
+def test_sigkill_then_restart_gives_exactly_the_same_losses(built, pretrain_run, tmp_path):
+  # Everything random in fine-tuning is on: mixup / cutmix, RandAugment, erasing, drop path, the labelled
+  # subset and the class-balanced sampler; the evaluation during training as well.
+  steps, extra = 16, ('--config.label_fraction=0.5', '--config.data.class_balanced=True',
+                      '--config.model.drop_path=0.1', '--config.checkpoint.every_steps=4', '--config.eval_every=8')
+  ref = str(tmp_path / 'ref')
+  out = subprocess.run(_cmd(built, pretrain_run, ref, steps, *extra), cwd=helpers.REPO, capture_output=True,
+                       text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  want = helpers.losses(ref)
+  assert sorted(want) == list(range(1, steps + 1))
+  run = str(tmp_path / 'killed')
+  proc = subprocess.Popen(_cmd(built, pretrain_run, run, steps, *extra), cwd=helpers.REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    helpers.wait_for_step(run, proc, 10)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  assert max(helpers.losses(run)) < steps
+  out = subprocess.run(_cmd(built, pretrain_run, run, steps, *extra), cwd=helpers.REPO, capture_output=True,
+                       text=True)
+  assert out.returncode == 0 and 'Resumed from step' in out.stderr, out.stderr[-3000:]
+  assert helpers.losses(run) == want  # bit-exact, every step
+  evals = lambda w: {r['step']: r['test_top1'] for r in metrics_lib.read_jsonl(os.path.join(w, 'metrics.jsonl'))
+                     if 'test_top1' in r}
+  assert evals(run) == evals(ref) and sorted(evals(ref)) == [8, 16]
+
+
+def test_non_finite_loss_stops_with_a_clear_message(built, tmp_path):
+  run = str(tmp_path / 'ft')
+  out = subprocess.run(_cmd(built, '', run, 30, '--config.optim.base_lr=1e12', '--config.eval_every=0'),
+                       cwd=helpers.REPO, capture_output=True, text=True)
+  assert out.returncode != 0
+  assert 'non-finite loss' in out.stderr, out.stderr[-3000:]
+  bad = int(re.search(r'non-finite loss .* at step (\d+);', out.stderr).group(1))
+  assert all(step < bad for step in helpers.checkpoints(run)), (bad, helpers.checkpoints(run))
 
 
 def test_bad_crop_scale_is_a_config_error(built, tmp_path):

@@ -9,13 +9,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 
-from mgjax.train import metrics as metrics_lib
+from tests import helpers
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = helpers.REPO
 
 
 def _cmd(built, workdir, steps, *extra):
@@ -30,71 +29,46 @@ def _run(cmd, **kw):
   return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, **kw)
 
 
-def _losses(workdir):
-  """Per-step loss; a step run twice (before a kill, after the resume) keeps its last value."""
-  out = {}
-  for r in metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl')):
-    if 'loss' in r:
-      out[r['step']] = r['loss']
-  return out
-
-
-def _wait_for_step(workdir, proc, step, timeout=240):
-  path = os.path.join(workdir, 'metrics.jsonl')
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    assert proc.poll() is None, 'run ended before it could be interrupted'
-    if os.path.exists(path) and any(s >= step for s in _losses(workdir)):
-      return
-    time.sleep(0.02)
-  raise TimeoutError(f'step {step} not reached')
-
-
-def _checkpoints(workdir):
-  d = os.path.join(workdir, 'checkpoints')
-  return sorted(int(x) for x in os.listdir(d) if x.isdigit()) if os.path.isdir(d) else []
-
-
 def test_sigkill_then_restart_gives_exactly_the_same_losses(built, tmp_path):
   steps = 40
   ref = str(tmp_path / 'ref')
   out = _run(_cmd(built, ref, steps))
   assert out.returncode == 0, out.stderr[-3000:]
-  want = _losses(ref)
+  want = helpers.losses(ref)
   assert sorted(want) == list(range(1, steps + 1))
   assert np.mean([want[s] for s in range(31, 41)]) < np.mean([want[s] for s in range(1, 11)])
 
   run = str(tmp_path / 'killed')
   proc = subprocess.Popen(_cmd(built, run, steps), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
-    _wait_for_step(run, proc, 14)
+    helpers.wait_for_step(run, proc, 14)
   finally:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-  killed_at = max(_losses(run))
+  killed_at = max(helpers.losses(run))
   assert killed_at < steps
   out = _run(_cmd(built, run, steps))  # same command, same workdir: resumes by itself
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'Resumed from step' in out.stderr
-  got = _losses(run)
+  got = helpers.losses(run)
   assert got == want  # bit-exact, every step
-  assert _checkpoints(run)[-1] == steps
+  assert helpers.checkpoints(run)[-1] == steps
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(built, tmp_path):
   run = str(tmp_path / 'run')
   proc = subprocess.Popen(_cmd(built, run, 10000), cwd=REPO, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
-  _wait_for_step(run, proc, 6)
+  helpers.wait_for_step(run, proc, 6)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err[-3000:]
-  last = max(_losses(run))
-  assert _checkpoints(run)[-1] == last  # saved at the step it stopped, not only at every_steps
+  last = max(helpers.losses(run))
+  assert helpers.checkpoints(run)[-1] == last  # saved at the step it stopped, not only at every_steps
   assert 'after SIGTERM' in err
   out = _run(_cmd(built, run, last + 2))
   assert out.returncode == 0 and f'Resumed from step {last}' in out.stderr, out.stderr[-3000:]
-  assert max(_losses(run)) == last + 2
+  assert max(helpers.losses(run)) == last + 2
 
 
 def test_non_finite_loss_stops_with_a_clear_message(built, tmp_path):
@@ -105,10 +79,10 @@ def test_non_finite_loss_stops_with_a_clear_message(built, tmp_path):
   assert 'non-finite loss' in out.stderr, out.stderr[-3000:]
   # Metrics are read one step late, but always before a checkpoint: none is saved at or past the bad step.
   bad = int(re.search(r'non-finite loss .* at step (\d+);', out.stderr).group(1))
-  assert all(step < bad for step in _checkpoints(run)), (bad, _checkpoints(run))
+  assert all(step < bad for step in helpers.checkpoints(run)), (bad, helpers.checkpoints(run))
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  for step in _checkpoints(run):
+  for step in helpers.checkpoints(run):
     restored = ocp.StandardCheckpointer().restore(os.path.join(run, 'checkpoints', str(step), 'state'))
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored)), step
 
@@ -167,7 +141,7 @@ def test_two_processes_over_localhost_match_one_process(built, tmp_path):
   for p, err in zip(procs, errs):
     assert p.returncode == 0, err[-3000:]
   assert 'process 0 of 2' in errs[0] and 'process 1 of 2' in errs[1] and '8 devices' in errs[0]
-  want, got = _losses(ref), _losses(run)
+  want, got = helpers.losses(ref), helpers.losses(run)
   assert sorted(got) == list(range(1, steps + 1))
   np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5)
-  assert _checkpoints(run)[-1] == steps
+  assert helpers.checkpoints(run)[-1] == steps
