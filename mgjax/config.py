@@ -1,10 +1,16 @@
 """The pretraining config schema with the official VideoMAE recipe as defaults; configs/*.py override it.
 
 Every field can be set on the command line (--config.optim.base_lr=3e-4); the dict is locked, so a
-misspelt field is an error that names it.
+misspelt field is an error that names it (`parse_flags`, which the binaries parse their flags with).
 """
 
+import difflib
+import importlib.util
+import os
+import sys
+
 import ml_collections
+from absl import flags
 
 # The sample generated when data_dir is empty (tfds_imigue3k.sample.generate arguments).
 DEMO_SAMPLE = dict(subjects=8, videos_per_subject=2, frames=500, width=320, height=180, venues=4, seed=0,
@@ -75,3 +81,70 @@ def finetune_base(size: str) -> ml_collections.ConfigDict:
   c.model.decoder_depth = ml_collections.config_dict.placeholder(int)
   c.model.decoder_width = ml_collections.config_dict.placeholder(int)
   return c.lock()
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing (its `parse_flags_with_usage`), with one-line errors for a --config file that
+  does not exist and for a --config.KEY override that names no field of the config.
+
+  ml_collections raises those deep in flag parsing or at first use, which absl would show as tracebacks.
+  """
+  try:
+    args = flags.FLAGS(argv)
+  except flags.Error as e:
+    _fatal(str(e))
+  except (AttributeError, KeyError):
+    try:
+      message = unknown_override(argv, _config_file(argv))
+    except Exception:  # pylint: disable=broad-except
+      message = None  # the config file itself does not load: its own error says why
+    if message is None:
+      raise
+    _fatal(message)
+  path = _config_path(argv)
+  if path is not None and not os.path.isfile(path.partition(':')[0]):
+    _fatal(f'--config={path}: no such config file (relative to {os.getcwd()})')
+  return args
+
+
+def _fatal(message: str):
+  sys.stderr.write(f'FATAL Flags parsing error: {message}\nPass --helpshort or --helpfull to see help on flags.\n')
+  sys.exit(1)
+
+
+def _config_path(argv: list[str]) -> str | None:
+  return next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+
+
+def _config_file(argv: list[str]):
+  """The config that --config=PATH[:ARG] of argv names, loaded as ml_collections loads it."""
+  path = _config_path(argv)
+  if path is None:
+    return None
+  path, _, arg = path.partition(':')
+  spec = importlib.util.spec_from_file_location('_mgjax_config_file', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def unknown_override(argv: list[str], config) -> str | None:
+  """What is wrong with the first --config.A.B=V of argv that names no field of `config`; None if none."""
+  if not isinstance(config, ml_collections.ConfigDict):
+    return None
+  for arg in argv[1:]:
+    if not arg.startswith('--config.'):
+      continue
+    path = arg[len('--'):].split('=', 1)[0].split('.')
+    node = config
+    for depth, part in enumerate(path[1:], start=1):
+      here = '.'.join(path[:depth])
+      if not isinstance(node, ml_collections.ConfigDict):
+        return f'{arg}: {here} is a value ({type(node).__name__}), not a group of fields'
+      if part not in node:
+        keys = sorted(node.keys())
+        close = difflib.get_close_matches(part, keys, n=1)
+        hint = f' (did you mean {here}.{close[0]}?)' if close else ''
+        return f'{arg}: {here} has no field {part!r}{hint}. Its fields: {", ".join(keys)}'
+      node = node[part]
+  return None

@@ -33,6 +33,7 @@ from flax import nnx
 from ml_collections import config_flags
 from PIL import Image
 
+from mgjax import config as config_lib
 from mgjax import export
 from mgjax.data import records
 from mgjax.evals import emotion, features, knn, linear_probe, metrics, retrieval
@@ -196,4 +197,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

@@ -8,6 +8,7 @@ orbax). Same multi-host flags as mgjax.main. The same workdir resumes; SIGTERM s
 
 from absl import app, flags
 
+from mgjax import config as config_lib
 from mgjax import main as main_lib
 
 FLAGS = flags.FLAGS
@@ -22,4 +23,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

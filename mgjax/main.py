@@ -13,6 +13,8 @@ from ml_collections import config_flags
 
 import jax
 
+from mgjax import config as config_lib
+
 flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and pictures go. Reused to resume.')
 flags.DEFINE_string('coordinator', None, 'host:port of process 0, for multi-process runs.')
 flags.DEFINE_integer('num_processes', None, 'Number of processes in a multi-process run.')
@@ -51,4 +53,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

@@ -104,7 +104,27 @@ def test_run_writes_what_users_look_at(built, tmp_path):
 
 def test_misspelt_config_key_is_an_error_naming_it(built, tmp_path):
   out = _run(_cmd(built, str(tmp_path / 'run'), 2, '--config.optim.base_lrr=1.0'))
-  assert out.returncode != 0 and 'base_lrr' in out.stderr
+  assert out.returncode != 0 and 'Traceback' not in out.stderr, out.stderr[-3000:]
+  assert ("--config.optim.base_lrr=1.0: config.optim has no field 'base_lrr' (did you mean config.optim.base_lr?)"
+          in out.stderr), out.stderr[-3000:]
+  # The other binaries parse their flags the same way; a config file that is not there is named too.
+  out = _run([sys.executable, '-m', 'mgjax.evaluate', '--config=configs/eval.py', '--config.knn.kk=3',
+              f'--workdir={tmp_path / "eval"}'])
+  assert out.returncode != 0 and 'Traceback' not in out.stderr, out.stderr[-3000:]
+  assert "config.knn has no field 'kk' (did you mean config.knn.k?)" in out.stderr, out.stderr[-3000:]
+  out = _run([sys.executable, '-m', 'mgjax.finetune', '--config=configs/finetune_dmeo.py', f'--workdir={tmp_path}'])
+  assert out.returncode != 0 and '--config=configs/finetune_dmeo.py: no such config file' in out.stderr
+  assert not os.listdir(tmp_path)  # nothing written
+
+
+def test_unknown_override_names_what_is_wrong():
+  from mgjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  cfg = config_lib.pretrain_base('S')
+  assert config_lib.unknown_override(['m', '--config.optim.base_lr=1', '--config.seed=2'], cfg) is None
+  assert config_lib.unknown_override(['m', '--config.seed.x=1'], cfg) == (
+      '--config.seed.x=1: config.seed is a value (int), not a group of fields')
+  assert config_lib.unknown_override(['m', '--config.zzz=1'], cfg).startswith(
+      "--config.zzz=1: config has no field 'zzz'. Its fields: ")
 
 
 def test_decoder_depth_of_every_config_can_be_set_on_the_command_line():
