@@ -27,7 +27,6 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
@@ -76,7 +75,7 @@ def recognition(module, cfg, source, config, workdir) -> tuple[dict, tuple]:
   Returns (metrics, (predicted class, label, subject id) per test clip)."""
   fn = jax.jit(lambda v: jax.nn.softmax(module(v), axis=-1))
   probs, labels, subjects = [], [], []
-  for i in tqdm.trange(len(source), desc='recognition', unit='clip', leave=False):
+  for i in features.progress(len(source), 'recognition'):
     r = source[i]
     subjects.append(int(r['subject_id']))
     views = features.clip_views(r, cfg.frames, config.stride, config.test_clips, cfg.image_size,

@@ -215,3 +215,9 @@ def test_compare_gives_the_difference_and_a_subject_bootstrap_interval(tmp_path)
                         '--confidence=0.8', '--resamples=4000'], capture_output=True, text=True, check=True,
                        cwd=helpers.REPO).stdout
   assert '| knn | 100.0 | 75.0 | +25.0 | [+0.0, +50.0] | 8 / 4 |' in out
+
+
+def test_progress_in_a_log_file_is_log_lines(caplog):
+  caplog.set_level('INFO')
+  assert list(features.progress(5, 'test features')) == [0, 1, 2, 3, 4]  # pytest's stderr is no terminal
+  assert [r.getMessage().split(',')[0] for r in caplog.records] == ['test features: 5/5 clips']

@@ -13,11 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from absl import logging
 from PIL import Image
 
 from mgjax.data import records
@@ -97,6 +100,21 @@ def encoder_feature_fn(module, pretraining: bool, pooling: str = 'mean'):
   return jax.jit(f)
 
 
+def progress(n: int, desc: str):
+  """range(n) with progress: a live bar on a terminal; in a log file (SLURM, nohup) a log line every 30 s
+  and at the end, instead of a carriage-return redraw per clip."""
+  if sys.stderr.isatty():
+    yield from tqdm.trange(n, desc=desc, unit='clip', leave=False)
+    return
+  start = last = time.monotonic()
+  for i in range(n):
+    yield i
+    now = time.monotonic()
+    if now - last >= 30 or i + 1 == n:
+      logging.info('%s: %d/%d clips, %.1f clips/s', desc, i + 1, n, (i + 1) / max(now - start, 1e-9))
+      last = now
+
+
 def extract(feature_fn, source, *, frames: int, stride: int, num_clips: int, size: int, batch: int = 16,
             desc: str = 'features') -> dict:
   """Features and labels of every clip record in `source`."""
@@ -112,7 +130,7 @@ def extract(feature_fn, source, *, frames: int, stride: int, num_clips: int, siz
     pending.clear()
     owners.clear()
 
-  for i in tqdm.trange(len(source), desc=desc, unit='clip', leave=False):
+  for i in progress(len(source), desc):
     r = source[i]
     pending.append(clip_views(r, frames, stride, num_clips, size))
     owners.append(i)
