@@ -119,7 +119,7 @@ def evaluate(config, workdir: str) -> dict:
     key = {'checkpoint': os.path.abspath(config.checkpoint) if config.checkpoint != 'random' else
            f'random:{cfg}:{config.seed}', 'data_dir': os.path.abspath(config.data_dir),
            'frames': cfg.frames, 'stride': config.stride, 'num_clips': config.num_clips, 'size': cfg.image_size,
-           'pooling': config.pooling}
+           'pooling': config.pooling, 'weights': features.weights_fingerprint(module)}
     feats = {}
     for split, src in (('train', train_src), ('test', test_src)):
       feats[split] = features.cached(

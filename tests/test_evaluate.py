@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -221,3 +222,21 @@ def test_progress_in_a_log_file_is_log_lines(caplog):
   caplog.set_level('INFO')
   assert list(features.progress(5, 'test features')) == [0, 1, 2, 3, 4]  # pytest's stderr is no terminal
   assert [r.getMessage().split(',')[0] for r in caplog.records] == ['test features: 5/5 clips']
+
+
+def test_feature_cache_follows_the_weights_not_the_path(built, classifier_dir, tmp_path):
+  # An export written again at the same path (as a workdir that trained on) gets new features, not the
+  # cached ones of the old weights.
+  ckpt, work = str(tmp_path / 'ckpt'), str(tmp_path / 'eval')
+  w = export.load(classifier_dir)
+  export.write(w, 'hf', ckpt)
+  evaluate_lib.evaluate(_config(ckpt, built, tasks=('knn',)), work)
+  params = jax.tree.map(lambda x: np.asarray(x) * 1.5 + 0.01, w.params)
+  export.write(export.Weights(params, w.model, w.num_classes), 'hf', ckpt)
+  evaluate_lib.evaluate(_config(ckpt, built, tasks=('knn',)), work)
+  cache = os.path.join(work, 'features')
+  tests = [f[:-5] for f in sorted(os.listdir(cache))
+           if f.endswith('.json') and json.load(open(os.path.join(cache, f)))['split'] == 'test']
+  assert len(tests) == 2  # one per set of weights
+  a, b = (np.load(os.path.join(cache, f + '.npz'))['features'] for f in tests)
+  assert not np.allclose(a, b)

@@ -143,6 +143,20 @@ def extract(feature_fn, source, *, frames: int, stride: int, num_clips: int, siz
   return {'features': np.stack(feats).astype(np.float32), **{k: np.asarray(v) for k, v in meta.items()}}
 
 
+def weights_fingerprint(module) -> str:
+  """A short hash of a model's parameters (every leaf's path, shape and up to 4096 of its values, evenly
+  strided): what the feature cache is keyed on, so a checkpoint path whose weights have changed (a workdir
+  that trained on, an export written again) is not served the old features."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  h = hashlib.sha1()
+  flat = nnx.state(module, nnx.Param).flat_state()
+  for path, leaf in sorted(((tuple(map(str, p)), v) for p, v in flat), key=lambda kv: kv[0]):
+    x = jnp.ravel(getattr(leaf, 'value', leaf))
+    h.update(repr((path, x.shape)).encode())
+    h.update(np.asarray(x[::max(1, x.size // 4096)], np.float32).tobytes())  # the stride on the device
+  return h.hexdigest()[:16]
+
+
 def cached(cache_dir: str, key: dict, compute) -> dict:
   """compute() once per key (checkpoint, split, sampling); later calls read the .npz."""
   name = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
