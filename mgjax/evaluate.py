@@ -46,12 +46,19 @@ flags.DEFINE_string('workdir', None, 'Where results.json, report.md, plots and t
 config_flags.DEFINE_config_file('config', None, 'Evaluation config.', lock_config=True)
 
 
-def load_model(config):
+def resolve(checkpoint: str) -> str:
+  """The checkpoint an evaluation reads: a workdir's latest at this moment, else the path itself."""
+  if checkpoint != 'random' and os.path.isdir(os.path.join(checkpoint, 'checkpoints')):
+    return export.resolve_checkpoint(checkpoint)[0]
+  return checkpoint
+
+
+def load_model(config, checkpoint: str):
   """(module, model config, num_classes or None for a pretraining model): the checkpoint, or random."""
-  if config.checkpoint == 'random':
+  if checkpoint == 'random':
     cfg = videomae.ModelConfig(**config.model.to_dict(), dtype='float32')
     return videomae.VideoMAE(cfg, rngs=nnx.Rngs(config.seed)), cfg, None
-  w = export.load(config.checkpoint)
+  w = export.load(checkpoint)
   cfg = dataclasses.replace(w.model, dtype='float32', drop_path=0.0)
   if w.num_classes:
     module = classifier_lib.VideoClassifier(cfg, w.num_classes, rngs=nnx.Rngs(0))
@@ -105,21 +112,23 @@ def evaluate(config, workdir: str) -> dict:
   unknown = sorted(set(tasks) - set(TASKS))
   if unknown:
     raise ValueError(f'unknown task(s) {unknown}; known: {TASKS}')
-  module, cfg, num_classes = load_model(config)
+  checkpoint = resolve(config.checkpoint)
+  module, cfg, num_classes = load_model(config, checkpoint)
+  weights = features.weights_fingerprint(module)
   train_src = records.data_source(config.data_dir, config.clips_config, 'train')
   test_src = records.data_source(config.data_dir, config.clips_config, 'test')
   if config.pooling not in features.POOLINGS:
     raise ValueError(f'config.pooling: unknown pooling {config.pooling!r}; known: {features.POOLINGS}')
-  results = {'checkpoint': config.checkpoint, 'model': dataclasses.asdict(cfg), 'data_dir': config.data_dir,
-             'pooling': config.pooling}
+  results = {'checkpoint': config.checkpoint, 'checkpoint_read': checkpoint, 'weights': weights,
+             'model': dataclasses.asdict(cfg), 'data_dir': config.data_dir, 'pooling': config.pooling}
   preds = {}  # task -> (predicted class, label, subject id) per test clip
   frozen = [t for t in tasks if t != 'recognition']
   if frozen:
     fn = features.encoder_feature_fn(module, pretraining=num_classes is None, pooling=config.pooling)
-    key = {'checkpoint': os.path.abspath(config.checkpoint) if config.checkpoint != 'random' else
+    key = {'checkpoint': os.path.abspath(checkpoint) if checkpoint != 'random' else
            f'random:{cfg}:{config.seed}', 'data_dir': os.path.abspath(config.data_dir),
            'frames': cfg.frames, 'stride': config.stride, 'num_clips': config.num_clips, 'size': cfg.image_size,
-           'pooling': config.pooling, 'weights': features.weights_fingerprint(module)}
+           'pooling': config.pooling, 'weights': weights}
     feats = {}
     for split, src in (('train', train_src), ('test', test_src)):
       feats[split] = features.cached(

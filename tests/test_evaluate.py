@@ -61,6 +61,7 @@ def test_five_tasks_end_to_end(built, classifier_dir, tmp_path):
   saved = json.load(open(os.path.join(work, 'results.json')))
   assert saved == json.loads(json.dumps(results))
   assert set(evaluate_lib.TASKS) <= set(saved)
+  assert saved['checkpoint_read'] == classifier_dir and len(saved['weights']) == 16
   _check_classification(saved['knn'])
   assert saved['knn']['k'] == 5
   lp = saved['linear_probe']
@@ -240,3 +241,9 @@ def test_feature_cache_follows_the_weights_not_the_path(built, classifier_dir, t
   assert len(tests) == 2  # one per set of weights
   a, b = (np.load(os.path.join(cache, f + '.npz'))['features'] for f in tests)
   assert not np.allclose(a, b)
+
+
+def test_a_workdir_is_read_at_its_latest_checkpoint(built, pretrain_run, tmp_path):
+  r = evaluate_lib.evaluate(_config(pretrain_run, built, tasks=('knn',)), str(tmp_path / 'eval'))
+  assert r['checkpoint'] == pretrain_run
+  assert r['checkpoint_read'] == os.path.join(os.path.abspath(pretrain_run), 'checkpoints', '2')
