@@ -46,13 +46,6 @@ flags.DEFINE_string('workdir', None, 'Where results.json, report.md, plots and t
 config_flags.DEFINE_config_file('config', None, 'Evaluation config.', lock_config=True)
 
 
-def resolve(checkpoint: str) -> str:
-  """The checkpoint an evaluation reads: a workdir's latest at this moment, else the path itself."""
-  if checkpoint != 'random' and os.path.isdir(os.path.join(checkpoint, 'checkpoints')):
-    return export.resolve_checkpoint(checkpoint)[0]
-  return checkpoint
-
-
 def load_model(config, checkpoint: str):
   """(module, model config, num_classes or None for a pretraining model): the checkpoint, or random."""
   if checkpoint == 'random':
@@ -112,7 +105,7 @@ def evaluate(config, workdir: str) -> dict:
   unknown = sorted(set(tasks) - set(TASKS))
   if unknown:
     raise ValueError(f'unknown task(s) {unknown}; known: {TASKS}')
-  checkpoint = resolve(config.checkpoint)
+  checkpoint = config.checkpoint if config.checkpoint == 'random' else export.pin(config.checkpoint)
   module, cfg, num_classes = load_model(config, checkpoint)
   weights = features.weights_fingerprint(module)
   train_src = records.data_source(config.data_dir, config.clips_config, 'train')

@@ -73,6 +73,14 @@ def resolve_checkpoint(path: str) -> tuple[str, str]:
   return path, os.path.dirname(os.path.dirname(path))
 
 
+def pin(path: str) -> str:
+  """A workdir -> its latest checkpoint at this moment (WORKDIR/checkpoints/STEP), so that what a run
+  reads and records stays the same while the workdir trains on; any other path as it is."""
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    return resolve_checkpoint(path)[0]
+  return path
+
+
 def _model_from_workdir(workdir: str) -> tuple[videomae.ModelConfig, Optional[int]]:
   cfg_path = os.path.join(workdir, 'config.json')
   if not os.path.exists(cfg_path):

@@ -46,10 +46,13 @@ def test_finetune_from_pretraining_resumes_and_exports(built, pretrain_run, tmp_
   steps = [r['step'] for r in metrics_lib.read_jsonl(os.path.join(run, 'metrics.jsonl')) if 'loss' in r]
   assert steps == list(range(1, 7))
   assert any('test_top1' in r for r in metrics_lib.read_jsonl(os.path.join(run, 'metrics.jsonl')))
+  read = os.path.join(os.path.abspath(pretrain_run), 'checkpoints', '2')  # the workdir's latest, pinned
+  assert json.load(open(os.path.join(run, 'run_info.json')))['init_read'] == read and read in out.stderr
   # The same command with a longer budget resumes from the last checkpoint.
   out = subprocess.run(_cmd(built, pretrain_run, run, 8, '--config.label_fraction=0.3'), cwd=helpers.REPO,
                        capture_output=True, text=True)
   assert out.returncode == 0 and 'Resumed from step 6' in out.stderr, out.stderr[-3000:]
+  assert json.load(open(os.path.join(run, 'run_info.json')))['init_read'] == read  # kept on resume
   # A fine-tuned checkpoint exports to VideoMAEForVideoClassification.
   w = export.load(run)
   assert w.num_classes == 32

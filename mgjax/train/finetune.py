@@ -187,14 +187,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
   shardings = step_lib.state_shardings(mesh, abstract)
   c = config.checkpoint
   mngr = ckpt.make_manager(workdir, every_steps=c.every_steps, keep=c.keep, keep_period=c.keep_period)
+  info_path = os.path.join(workdir, 'run_info.json')
   if mngr.latest_step() is not None:
     state, start, _ = ckpt.restore(mngr, abstract, shardings, data_iter)
     logging.info('Resumed from step %d in %s', start, workdir)
+    init_read = (json.load(open(info_path)).get('init_read', config.init) if os.path.exists(info_path)
+                 else config.init)
   else:
+    init_read = export.pin(config.init) if config.init else ''
+    if init_read != config.init:
+      logging.info('Initialising from %s', init_read)
+
     def init_state(seed):
       params = fns.init(seed)
       if config.init:
-        params = init_from_pretrained(params, config.init, model_cfg)
+        params = init_from_pretrained(params, init_read, model_cfg)
       return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
     if config.init:  # reads files: outside jit, then placed into the shardings
       state = jax.device_put(init_state(config.seed), shardings)
@@ -219,9 +226,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
-    with open(os.path.join(workdir, 'run_info.json'), 'w') as f:
-      json.dump({'git_revision': pretrain_loop.git_revision(), 'mesh': dict(mesh.shape),
-                 'init': config.init, 'total_steps': total_steps, 'train_clips': int(len(indices))}, f, indent=2)
+    with open(info_path, 'w') as f:
+      json.dump({'git_revision': pretrain_loop.git_revision(), 'mesh': dict(mesh.shape), 'init': config.init,
+                 'init_read': init_read, 'total_steps': total_steps, 'train_clips': int(len(indices))}, f,
+                indent=2)
   preempt = pretrain_loop._Preemption()  # pylint: disable=protected-access
   base_key = jax.random.key(config.seed)
   history, evals = [], {}
