@@ -91,12 +91,29 @@ def _model_from_workdir(workdir: str) -> tuple[videomae.ModelConfig, Optional[in
   return model, cfg.get('num_classes') or None
 
 
-def load_mgjax_checkpoint(path: str) -> Weights:
+def restore_numpy(directory: str, key: Optional[str] = None):
+  """An orbax PyTree checkpoint (or its entry `key` alone) as numpy arrays on this host.
+
+  Without a target, orbax would rebuild each array with the sharding it was saved with, which names the
+  saving run's devices: a process of another run (fine-tuning on several hosts) may not have them.
+  """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  ckptr = ocp.PyTreeCheckpointer()
+  meta = ckptr.metadata(directory)
+  meta = getattr(meta, 'item_metadata', meta)
+  meta = getattr(meta, 'tree', meta)
+  meta = {key: meta[key]} if key else meta
+  item = jax.tree.map(lambda _: np.zeros((), np.float32), meta)
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+  restored = ckptr.restore(directory, args=ocp.args.PyTreeRestore(item=item, restore_args=args,
+                                                                   partial_restore=bool(key)))
+  return restored[key] if key else restored
+
+
+def load_mgjax_checkpoint(path: str) -> Weights:
   ckpt, workdir = resolve_checkpoint(path)
   model, num_classes = _model_from_workdir(workdir)
-  restored = ocp.StandardCheckpointer().restore(os.path.join(ckpt, 'state'))
-  params = _normalize(restored['params'])
+  params = _normalize(restore_numpy(os.path.join(ckpt, 'state'), 'params'))
   _check_against(params, template(model, num_classes), ckpt)
   return Weights(params, model, num_classes)
 
@@ -286,9 +303,7 @@ def load(path: str, frames: int = 16, image_size: int = 224) -> Weights:
   elif meta['format'] == 'official':
     params = convert.from_official(_read_safetensors(os.path.join(path, 'model.safetensors')), tmpl)
   elif meta['format'] == 'orbax':
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-    enc = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), 'encoder'))
-    params = {'encoder': _normalize(enc)}
+    params = {'encoder': _normalize(restore_numpy(os.path.join(os.path.abspath(path), 'encoder')))}
     _check_against(params, tmpl, path)
   else:
     raise CheckpointError(f'{meta_path}: unknown format {meta["format"]!r}')

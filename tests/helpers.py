@@ -105,3 +105,11 @@ def checkpoints(workdir):
   """The steps of a workdir's saved checkpoints, ascending."""
   d = os.path.join(workdir, 'checkpoints')
   return sorted(int(x) for x in os.listdir(d) if x.isdigit()) if os.path.isdir(d) else []
+
+
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that nothing listens on now (for a multi-process run's coordinator)."""
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]

@@ -102,6 +102,30 @@ def test_non_finite_loss_stops_with_a_clear_message(built, tmp_path):
   assert all(step < bad for step in helpers.checkpoints(run)), (bad, helpers.checkpoints(run))
 
 
+def test_two_processes_over_localhost_match_one_process(built, pretrain_run, tmp_path):
+  """Real multi-process JAX (2 processes x 4 CPU devices, gloo), starting from a checkpoint that an
+  8-device run saved: every process reads it whatever devices it has."""
+  steps, extra = 4, ('--config.eval_every=4', '--config.label_fraction=0.5')
+  ref = str(tmp_path / 'one')
+  out = subprocess.run(_cmd(built, pretrain_run, ref, steps, *extra), cwd=helpers.REPO, capture_output=True,
+                       text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  run, port = str(tmp_path / 'two'), helpers.free_port()
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  procs = [subprocess.Popen(_cmd(built, pretrain_run, run, steps, *extra, f'--coordinator=127.0.0.1:{port}',
+                                 '--num_processes=2', f'--process_id={i}'), cwd=helpers.REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  errs = [p.communicate(timeout=600)[1] for p in procs]
+  for p, err in zip(procs, errs):
+    assert p.returncode == 0, err[-3000:]
+  want, got = helpers.losses(ref), helpers.losses(run)
+  assert sorted(got) == list(range(1, steps + 1))
+  np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5)
+  top1 = lambda w: [r['test_top1'] for r in metrics_lib.read_jsonl(os.path.join(w, 'metrics.jsonl'))
+                    if 'test_top1' in r]
+  assert top1(run) == top1(ref) and len(top1(ref)) == 1
+
+
 def test_bad_crop_scale_is_a_config_error(built, tmp_path):
   out = subprocess.run(_cmd(built, '', str(tmp_path / 'ft'), 2, '--config.data.crop_scale=(0.5,1.5)'),
                        cwd=helpers.REPO, capture_output=True, text=True)

@@ -138,13 +138,6 @@ def test_decoder_depth_of_every_config_can_be_set_on_the_command_line():
       assert out.returncode == 0 and f'depth {want}' in out.stdout, (name, extra, out.stderr[-500:])
 
 
-def _free_port():
-  import socket  # pylint: disable=g-import-not-at-top
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_over_localhost_match_one_process(built, tmp_path):
   """Real multi-process JAX: 2 processes x 4 CPU devices (gloo) form one 8-device mesh."""
   steps = 5
@@ -152,7 +145,7 @@ def test_two_processes_over_localhost_match_one_process(built, tmp_path):
   out = _run(_cmd(built, ref, steps))
   assert out.returncode == 0, out.stderr[-3000:]
   run = str(tmp_path / 'two')
-  port = _free_port()
+  port = helpers.free_port()
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
   procs = [subprocess.Popen(_cmd(built, run, steps, f'--coordinator=127.0.0.1:{port}', '--num_processes=2',
                                  f'--process_id={i}'), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
