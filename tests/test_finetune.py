@@ -124,6 +124,8 @@ def test_two_processes_over_localhost_match_one_process(built, pretrain_run, tmp
   top1 = lambda w: [r['test_top1'] for r in metrics_lib.read_jsonl(os.path.join(w, 'metrics.jsonl'))
                     if 'test_top1' in r]
   assert top1(run) == top1(ref) and len(top1(ref)) == 1
+  read = os.path.join(os.path.abspath(pretrain_run), 'checkpoints', '2')  # the step process 0 pinned
+  assert json.load(open(os.path.join(run, 'run_info.json')))['init_read'] == read
 
 
 def test_bad_crop_scale_is_a_config_error(built, tmp_path):

@@ -16,6 +16,7 @@ import numpy as np
 import optax
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from mgjax import export
 from mgjax.data import finetune as data_lib
@@ -195,6 +196,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                  else config.init)
   else:
     init_read = export.pin(config.init) if config.init else ''
+    if init_read != config.init and jax.process_count() > 1:
+      # every process reads the step process 0 pinned, even if the workdir saved another one meanwhile
+      step = int(multihost_utils.broadcast_one_to_all(np.int32(os.path.basename(init_read))))
+      init_read = os.path.join(os.path.dirname(init_read), str(step))
     if init_read != config.init:
       logging.info('Initialising from %s', init_read)
 
