@@ -18,8 +18,10 @@
 #
 # Session 6 ran it on one H200 (README "Step speed", docs/representation_study.md): the benchmarks and the
 # two seeds side by side took 8.5 minutes, and pretraining, input-bound at about 700 clips/s per run with
-# 6 workers, was stopped at step 1769 of 4000. For the full schedule on one seed: BENCH=0 SEEDS=3
-# WORKERS=14 (about 1400 clips/s expected from 117 clips/s per worker, so about 4 minutes of pretraining).
+# 6 workers, was stopped at step 1769 of 4000. Session 10 ran the full schedule on one H100, one seed a call:
+# `BENCH=0 SEEDS=3 WORKERS=14 BUDGET=540` took 391 s (sample 93 s, 4000 steps 225 s at about 1,500 clips/s,
+# the three pretrained readouts 63 s), then `SEEDS=4 ... BUDGET=425` 359 s on the same warm machine.
+# The pretraining is configs/demo_s112.py (MODEL's overrides on top).
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_out}; W=${W:-/tmp/gw}
@@ -71,11 +73,9 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false  # several processes share the GPU fr
 PRE_T=$(( BUDGET - 100 - $(el) ))
 log "pretraining: $STEPS steps, batch 64, $MODEL, time limit ${PRE_T}s"
 for s in $SEEDS; do
-  timeout $PRE_T $PY -m mgjax.main --config=configs/demo.py $MODEL --config.seed=$s \
-    --config.data.data_dir=$W/s$s/demo_data/records --workdir=$W/s$s/pre --config.global_batch=64 \
-    --config.total_steps=$STEPS --config.optim.base_lr=6e-3 --config.optim.warmup_steps=200 \
-    --config.data.workers=$WORKERS --config.viz_every=0 --config.checkpoint.every_steps=500 \
-    --config.log_every=250 > "$W/pre$s.log" 2>&1 &
+  timeout $PRE_T $PY -m mgjax.main --config=configs/demo_s112.py $MODEL --config.seed=$s \
+    --config.data.data_dir=$W/s$s/demo_data/records --workdir=$W/s$s/pre \
+    --config.total_steps=$STEPS --config.data.workers=$WORKERS > "$W/pre$s.log" 2>&1 &
 done
 evaluate() {  # seed checkpoint name pooling
   timeout $(( BUDGET - 20 - $(el) )) $PY -m mgjax.evaluate --config=configs/eval.py $MODEL \
