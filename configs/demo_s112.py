@@ -1,4 +1,4 @@
-r"""The demo at GPU scale: the S model (22M encoder parameters) at 112 x 112 pixels on the sample dataset.
+r"""The demo at GPU scale: the S model (23.1M parameters with its decoder) at 112 x 112 pixels on the sample dataset.
 
     python -m mgjax.main --config=configs/demo_s112.py --workdir=workdir/demo_s112
     python -m mgjax.main --config=configs/demo_s112.py --config.demo_sample.seed=3 --config.seed=3 \
