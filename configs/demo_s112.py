@@ -1,4 +1,4 @@
-r"""The demo at GPU scale: the S model (23.1M parameters with its decoder) at 112 x 112 pixels on the sample dataset.
+r"""The demo at GPU scale: the S model (23.1M parameters with its decoder) at 112 x 112 pixels.
 
     python -m mgjax.main --config=configs/demo_s112.py --workdir=workdir/demo_s112
     python -m mgjax.main --config=configs/demo_s112.py --config.demo_sample.seed=3 --config.seed=3 \
@@ -21,7 +21,8 @@ import os
 
 
 def _demo_config():
-  spec = importlib.util.spec_from_file_location('demo_config', os.path.join(os.path.dirname(__file__), 'demo.py'))
+  path = os.path.join(os.path.dirname(__file__), 'demo.py')  # by path: works from any working directory
+  spec = importlib.util.spec_from_file_location('demo_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
