@@ -16,20 +16,14 @@ CPU demo's XS model falls short (README, "The whole flow on the sample data"). E
 Same settings as `launch/gpu_checks.sh` ran with in sessions 6 and 10 (the demo config with overrides).
 """
 
-import importlib.util
 import os
 
-
-def _demo_config():
-  path = os.path.join(os.path.dirname(__file__), 'demo.py')  # by path: works from any working directory
-  spec = importlib.util.spec_from_file_location('demo_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from mgjax import config as base
 
 
 def get_config():
-  c = _demo_config().unlock()
+  # configs/demo.py by path, so that this works from any working directory
+  c = base.load_config_file(os.path.join(os.path.dirname(__file__), 'demo.py')).unlock()
   c.model.update(size='S', image_size=112)
   c.data.workers = max(2, (os.cpu_count() or 4) - 2)  # input bound: every core but two decodes
   c.global_batch = 64

@@ -119,8 +119,11 @@ def _config_path(argv: list[str]) -> str | None:
 def _config_file(argv: list[str]):
   """The config that --config=PATH[:ARG] of argv names, loaded as ml_collections loads it."""
   path = _config_path(argv)
-  if path is None:
-    return None
+  return None if path is None else load_config_file(path)
+
+
+def load_config_file(path: str):
+  """get_config() of the config file PATH[:ARG] (one config file building on another uses this)."""
   path, _, arg = path.partition(':')
   spec = importlib.util.spec_from_file_location('_mgjax_config_file', path)
   module = importlib.util.module_from_spec(spec)
