@@ -1,9 +1,20 @@
 """Shared fixtures. 8 fake CPU devices are configured before anything imports jax."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
+# One persistent compilation cache for the whole session, this process and every training subprocess it
+# starts (they inherit the environment): the many short runs of the same tiny model compile once.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _cache = tempfile.mkdtemp(prefix='mgjax-tests-xla-cache-')
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
 
 import pytest  # noqa: E402
 
@@ -39,5 +50,16 @@ def pretrain_run(built, tmp_path_factory):
          '--config.model.decoder_depth=1', '--config.model.frames=4', '--config.model.image_size=32',
          '--config.global_batch=8', '--config.data.workers=0', '--config.total_steps=2', '--config.viz_every=0']
   out = subprocess.run(cmd, cwd=helpers.REPO, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return run
+
+
+@pytest.fixture(scope='session')
+def finetune_run(built, pretrain_run, tmp_path_factory):
+  """A real fine-tuning run of 6 steps from pretrain_run on 30% of the labelled clips (tiny T model)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  run = str(tmp_path_factory.mktemp('finetune_run'))
+  out = subprocess.run(helpers.finetune_cmd(built, pretrain_run, run, 6, '--config.label_fraction=0.3'),
+                       cwd=helpers.REPO, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-3000:]
   return run

@@ -113,3 +113,50 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
+
+
+def finetune_cmd(built, init, workdir, steps, *extra):
+  """mgjax.finetune of the tiny T model on the built sample, with the full VideoMAE augmentation (which
+  configs/finetune_demo.py turns off for its 64-pixel clips)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  return [sys.executable, '-m', 'mgjax.finetune', '--config=configs/finetune_demo.py', f'--config.init={init}',
+          f'--workdir={workdir}', f'--config.data.data_dir={built}', '--config.model.size=T',
+          '--config.model.frames=4', '--config.model.image_size=32', '--config.global_batch=8',
+          '--config.data.workers=0', f'--config.total_steps={steps}', '--config.checkpoint.every_steps=3',
+          '--config.eval_every=3', '--config.eval_limit=8', '--config.log_every=1',
+          '--config.augment.mixup=0.8', '--config.augment.cutmix=1.0', '--config.data.randaug_n=2',
+          '--config.data.erase_prob=0.25', '--config.data.crop_scale=(0.08,1.0)', *extra]
+
+
+def wait_for_checkpoint(workdir, proc, step, timeout=240):
+  """Waits until a running training process has a finished checkpoint at `step` or later."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    assert proc.poll() is None, 'run ended before it could be interrupted'
+    if checkpoints(workdir) and checkpoints(workdir)[-1] >= step:
+      return
+    time.sleep(0.02)
+  raise TimeoutError(f'no checkpoint at step {step} or later')
+
+
+def interrupt(cmd, workdir, at_step, sig, timeout=240, checkpoint=None):
+  """Starts a training command, waits until it has logged `at_step` (and, if given, has finished a
+  checkpoint at step `checkpoint` or later), sends `sig`; returns (exit status, stderr)."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryFile('w+') as err:
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, text=True)
+    try:
+      wait_for_step(workdir, proc, at_step, timeout)
+      if checkpoint is not None:
+        wait_for_checkpoint(workdir, proc, checkpoint, timeout)
+    finally:
+      proc.send_signal(sig)
+      try:
+        proc.wait(timeout=120)
+      except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    err.seek(0)
+    return proc.returncode, err.read()

@@ -247,3 +247,87 @@ def test_a_workdir_is_read_at_its_latest_checkpoint(built, pretrain_run, tmp_pat
   r = evaluate_lib.evaluate(_config(pretrain_run, built, tasks=('knn',)), str(tmp_path / 'eval'))
   assert r['checkpoint'] == pretrain_run
   assert r['checkpoint_read'] == os.path.join(os.path.abspath(pretrain_run), 'checkpoints', '2')
+
+
+def _emotion_clips(informative: bool):
+  """12 videos (8 train, 4 test, half of each won), 3 clips each. Informative: a won video's clips show
+  gesture 0 (feature direction 0), a lost one's gesture 1; otherwise every clip looks the same."""
+  rng = np.random.default_rng(0)
+  videos = [f'v{i}' for i in range(12)]
+  won = {v: int(i % 2 == 0) for i, v in enumerate(videos)}
+  feats, vid, emo, label = [], [], [], []
+  for v in videos:
+    for _ in range(3):
+      g = 0 if won[v] else 1
+      f = np.eye(4)[g] + 0.05 * rng.normal(size=4) if informative else np.ones(4)
+      feats.append(f)
+      vid.append(v)
+      emo.append(won[v])
+      label.append(g)
+  clips = {'features': np.asarray(feats, np.float32), 'video_id': np.asarray(vid), 'emotion': np.asarray(emo),
+           'label': np.asarray(label)}
+  train = {k: v[:24] for k, v in clips.items()}  # the first 8 videos' clips: the recognition train split
+  return clips, videos[:8], videos[8:], train
+
+
+def test_emotion_on_known_answers():
+  from mgjax.evals import emotion  # pylint: disable=g-import-not-at-top
+  clips, train_v, test_v, mg_train = _emotion_clips(informative=True)
+  r = emotion.evaluate(clips, train_v, test_v, mg_train, num_classes=4, steps=100)
+  assert (r['train_videos'], r['test_videos']) == (8, 4)
+  for how in ('from_features', 'from_gesture_histogram'):
+    assert r[how] == {'accuracy': 1.0, 'f1': 1.0, 'count': 4}, (how, r[how])
+  # Videos that all look alike: one prediction for every test video, so exactly half are right.
+  clips, train_v, test_v, mg_train = _emotion_clips(informative=False)
+  r = emotion.evaluate(clips, train_v, test_v, mg_train, num_classes=4, steps=100)
+  for how in ('from_features', 'from_gesture_histogram'):
+    assert r[how]['accuracy'] == 0.5 and r[how]['f1'] in (0.0, pytest.approx(2 / 3)), (how, r[how])
+  # Videos the protocol names but the records lack are left out; no usable split is a skip.
+  r = emotion.evaluate(clips, train_v + ['absent'], test_v, mg_train, num_classes=4, steps=100)
+  assert r['train_videos'] == 8
+  assert 'skipped' in emotion.evaluate(clips, ['absent'], test_v, mg_train, num_classes=4)
+
+
+def _jpeg(value: int) -> bytes:
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  buf = io.BytesIO()
+  Image.fromarray(np.full((16, 16, 3), value, np.uint8)).save(buf, format='JPEG', quality=95)
+  return buf.getvalue()
+
+
+def test_recognition_averages_the_softmax_of_its_views(tmp_path):
+  """Three temporal views of a 12-frame segment whose frame i has brightness 20 i: the first view is dark,
+  the other two are bright. The model says (3, 0) for a dark view and (0, 1) for a bright one (classes 0
+  and 1; the other 30 never). The mean of the softmaxes picks class 1 (0.503 against 0.497); the mean of
+  the logits, or the first view alone, would pick class 0."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  frames = [_jpeg(20 * i) for i in range(12)]
+  source = [{'num_frames': 12, 'frames': frames, 'label': 1, 'subject_id': 5},
+            {'num_frames': 12, 'frames': frames[:2] * 6, 'label': 0, 'subject_id': 6}]  # dark throughout
+  rest = jnp.full(30, -1e9)
+
+  def module(video):
+    dark = (video[:, 0].astype(jnp.float32).mean((1, 2, 3)) < 50)[:, None]
+    return jnp.where(dark, jnp.concatenate([jnp.array([3.0, 0.0]), rest]),
+                     jnp.concatenate([jnp.array([0.0, 1.0]), rest]))
+
+  cfg = videomae.ModelConfig(size='T', frames=2, image_size=16)
+  config = _config('random', '', stride=1, test_clips=3, test_crops=1)
+  r, (pred, label, subject) = evaluate_lib.recognition(module, cfg, source, config, str(tmp_path))
+  assert pred.tolist() == [1, 0] and label.tolist() == [1, 0] and subject.tolist() == [5, 6]
+  assert r['top1'] == 1.0 and r['views'] == 3
+
+
+def test_evaluate_a_fine_tuning_workdir_and_an_encoder_only_export(built, pretrain_run, finetune_run, tmp_path):
+  r = evaluate_lib.evaluate(_config(finetune_run, built, tasks=('knn', 'recognition')), str(tmp_path / 'ft'))
+  assert r['checkpoint_read'].startswith(os.path.join(os.path.abspath(finetune_run), 'checkpoints'))
+  _check_classification(r['knn'])
+  _check_classification(r['recognition'])
+  assert r['recognition']['views'] == 6
+  enc = str(tmp_path / 'encoder')
+  export.write(export.load(pretrain_run), 'orbax', enc)
+  r_enc = evaluate_lib.evaluate(_config(enc, built, tasks=('knn', 'recognition')), str(tmp_path / 'enc'))
+  r_full = evaluate_lib.evaluate(_config(pretrain_run, built, tasks=('knn',)), str(tmp_path / 'full'))
+  assert r_enc['knn'] == r_full['knn']  # the encoder alone gives the pretraining model's features
+  assert r_enc['recognition'] == {'skipped': 'recognition needs a fine-tuned (classifier) checkpoint'}

@@ -226,3 +226,117 @@ def test_decoder_width_exports_loads_and_matches(tmp_path):
     export.load(saved)
   with pytest.raises(ValueError, match='model.decoder_width=40: not a positive multiple of .*16'):
     videomae.ModelConfig(size='T', decoder_width=40)
+
+
+# ---- parity on weights far from their initial values ------------------------------------------------------
+
+RANDOM_CFG = videomae.ModelConfig(size='T', frames=4, image_size=32, mask_ratio=0.5, dtype='float32')
+
+
+def _randomized(params, seed):
+  """Every parameter moved far from its initialisation: norm scales random around 1, every bias (q and v
+  biases included) random, kernels and tokens with noise of their own scale added."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for name, x in convert.flatten(params).items():
+    x = np.asarray(x, np.float32)
+    if name.endswith('/scale'):
+      out[name] = (1 + 0.5 * rng.standard_normal(x.shape)).astype(np.float32)
+    elif name.endswith('bias'):
+      out[name] = (0.5 * rng.standard_normal(x.shape)).astype(np.float32)
+    else:
+      out[name] = (x + (x.std() + 0.02) * rng.standard_normal(x.shape)).astype(np.float32)
+  return convert.unflatten(out)
+
+
+def _random_models():
+  pre = videomae.VideoMAE(RANDOM_CFG, rngs=nnx.Rngs(1))
+  pre_params = _randomized(nnx.state(pre, nnx.Param).to_pure_dict(), 0)
+  cls = classifier_lib.VideoClassifier(RANDOM_CFG, 5, rngs=nnx.Rngs(2))
+  cls_params = _randomized(nnx.state(cls, nnx.Param).to_pure_dict(), 1)
+  return (nnx.merge(*_split_with(pre, pre_params)), pre_params), (nnx.merge(*_split_with(cls, cls_params)),
+                                                                  cls_params)
+
+
+def test_transformers_parity_on_random_weights(tmp_path):
+  """Encoder states, pretraining predictions, transformers' own normalised-pixel loss and classifier
+  logits, all from weights where a misplaced bias or norm would show."""
+  (pre, pre_params), (cls, cls_params) = _random_models()
+  out = str(tmp_path / 'pre')
+  export.write(export.Weights(pre_params, RANDOM_CFG), 'hf', out)
+  hf_pre = VideoMAEForPreTraining.from_pretrained(out)
+  hf_enc = VideoMAEModel.from_pretrained(os.path.join(out, 'encoder'))
+  video, pixels, mask = _inputs(RANDOM_CFG, n=3)
+  with torch.no_grad():
+    hidden = hf_enc(pixel_values=pixels).last_hidden_state.numpy()
+    res = hf_pre(pixel_values=pixels, bool_masked_pos=torch.tensor(mask))
+  from mgjax.models import vit  # pylint: disable=g-import-not-at-top
+  x = (video / 255.0 - videomae.IMAGENET_MEAN) / videomae.IMAGENET_STD
+  ours = np.asarray(pre.encoder(vit.patchify(jnp.asarray(x, jnp.float32), RANDOM_CFG.patch, RANDOM_CFG.tubelet)))
+  assert np.abs(ours).max() > 1  # far from a near-identity network
+  np.testing.assert_allclose(hidden, ours, atol=2e-4, rtol=1e-4)
+  pred, target = pre(jnp.asarray(video), jnp.asarray(mask))
+  np.testing.assert_allclose(res.logits.numpy(), np.asarray(pred), atol=2e-4, rtol=1e-4)
+  assert float(res.loss) == pytest.approx(float(videomae.loss_fn(pred, target)), rel=1e-5)
+  out = str(tmp_path / 'cls')
+  export.write(export.Weights(cls_params, RANDOM_CFG, num_classes=5), 'hf', out)
+  hf_cls = VideoMAEForVideoClassification.from_pretrained(out)
+  with torch.no_grad():
+    logits = hf_cls(pixel_values=pixels).logits.numpy()
+  np.testing.assert_allclose(logits, np.asarray(cls(jnp.asarray(video))), atol=2e-4, rtol=1e-4)
+
+
+def test_official_layout_loads_into_modules_built_from_official_names(tmp_path):
+  """The official export read back with load_state_dict(strict=True) into PyTorch modules named as the
+  official code names them, pretraining and fine-tuned, with the same outputs; the fine-tuned file also
+  wrapped as DeepSpeed ('module') and Lightning ('state_dict') write it."""
+  from tests import torch_reference as ref  # pylint: disable=g-import-not-at-top
+  (pre, pre_params), (cls, cls_params) = _random_models()
+  dim, depth, heads = videomae.SIZES['T'][:3]
+  ddim, dheads, ddepth = RANDOM_CFG.decoder
+  n = RANDOM_CFG.num_tokens
+  video, pixels, mask = _inputs(RANDOM_CFG, n=3)
+  pixels = pixels.permute(0, 2, 1, 3, 4)  # official: (B, C, T, H, W)
+  for params, num_classes in ((pre_params, None), (cls_params, 5)):
+    out = str(tmp_path / ('cls' if num_classes else 'pre'))
+    export.write(export.Weights(params, RANDOM_CFG, num_classes=num_classes), 'official', out)
+    sd = torch.load(os.path.join(out, 'model.pth'))['model']
+    if num_classes:
+      module = ref.FinetunedVideoMAE(dim, depth, heads, 16, 2, n, num_classes)
+    else:
+      module = ref.PretrainVideoMAE(dim, depth, heads, ddim, ddepth, dheads, 16, 2, n)
+    module.load_state_dict(sd, strict=True)
+    with torch.no_grad():
+      got = (module(pixels) if num_classes else module(pixels, torch.tensor(mask))).numpy()
+    want = cls(jnp.asarray(video)) if num_classes else pre(jnp.asarray(video), jnp.asarray(mask))[0]
+    np.testing.assert_allclose(got, np.asarray(want), atol=2e-4, rtol=1e-4)
+  for wrapper in ('module', 'state_dict'):
+    path = str(tmp_path / f'{wrapper}.pth')
+    torch.save({wrapper: sd, 'epoch': 3}, path)
+    back = export.load(path, frames=RANDOM_CFG.frames, image_size=RANDOM_CFG.image_size)
+    assert back.num_classes == 5 and back.model.size == 'T'
+    for k, v in convert.flatten(back.params).items():
+      np.testing.assert_array_equal(v, convert.flatten(cls_params)[k], err_msg=(wrapper, k))
+
+
+def test_h_size_exports_every_transformers_and_official_name_with_its_shape():
+  """ViT-H (1280 wide, 32 blocks, 80-wide heads, a 12-block decoder), checked on shapes only: the
+  transformers model and the official-named PyTorch module are built on the meta device (no memory)."""
+  from tests import torch_reference as ref  # pylint: disable=g-import-not-at-top
+  from transformers import VideoMAEConfig  # pylint: disable=g-import-not-at-top
+  cfg = videomae.ModelConfig(size='H')
+  tmpl = export.template(cfg)
+  zeros = jax.tree.map(lambda a: np.broadcast_to(np.zeros((), np.int8), a.shape), tmpl)
+  hf_cfg = export.hf_config(cfg, None)
+  with torch.device('meta'):
+    hf = VideoMAEForPreTraining(VideoMAEConfig(**hf_cfg))
+    official = ref.PretrainVideoMAE(1280, 32, 16, 640, 12, 8, 16, 2, cfg.num_tokens)
+  want = {k: tuple(v.shape) for k, v in hf.state_dict().items()}
+  # transformers 5 holds the q / v biases as query.bias / value.bias; the export writes the legacy names
+  want = {k.replace('query.bias', 'q_bias').replace('value.bias', 'v_bias'): v for k, v in want.items()}
+  got = {k: tuple(v.shape) for k, v in convert.to_hf(zeros).items()}
+  assert got == want
+  want = {k: tuple(v.shape) for k, v in official.state_dict().items()}
+  assert {k: tuple(v.shape) for k, v in convert.to_official(zeros).items()} == want
+  assert hf_cfg['hidden_size'] == 1280 and hf_cfg['num_attention_heads'] == 16
+  assert hf_cfg['decoder_num_hidden_layers'] == 12 and hf_cfg['decoder_hidden_size'] == 640

@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -22,36 +21,30 @@ from mgjax.train import metrics as metrics_lib
 from tests import helpers
 
 
-def _cmd(built, init, workdir, steps, *extra):
-  return [sys.executable, '-m', 'mgjax.finetune', '--config=configs/finetune_demo.py', f'--config.init={init}',
-          f'--workdir={workdir}', f'--config.data.data_dir={built}', '--config.model.size=T',
-          '--config.model.frames=4', '--config.model.image_size=32', '--config.global_batch=8',
-          '--config.data.workers=0', f'--config.total_steps={steps}', '--config.checkpoint.every_steps=3',
-          '--config.eval_every=3', '--config.eval_limit=8', '--config.log_every=1',
-          # the full VideoMAE augmentation, which the demo config turns off for its 64-pixel clips
-          '--config.augment.mixup=0.8', '--config.augment.cutmix=1.0', '--config.data.randaug_n=2',
-          '--config.data.erase_prob=0.25', '--config.data.crop_scale=(0.08,1.0)', *extra]
+_cmd = helpers.finetune_cmd
 
 
-def test_finetune_from_pretraining_resumes_and_exports(built, pretrain_run, tmp_path):
-  run = str(tmp_path / 'ft')
-  out = subprocess.run(_cmd(built, pretrain_run, run, 6, '--config.label_fraction=0.3'), cwd=helpers.REPO,
-                       capture_output=True, text=True)
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert f'Fine-tuning T from {pretrain_run}' in out.stderr and 'test top-1' in out.stderr
+def _evals(workdir):
+  return {r['step']: r['test_top1'] for r in metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+          if 'test_top1' in r}
+
+
+def test_finetune_from_pretraining_resumes_and_exports(built, pretrain_run, finetune_run, tmp_path):
+  run = finetune_run  # 6 steps from pretrain_run, label_fraction 0.3
   subset = json.load(open(os.path.join(run, 'labelled_subset.json')))
   labels = data_lib.read_labels(built, 'clips', 'train', records.data_source(built, 'clips', 'train'))
   assert set(subset['classes']) == set(labels.tolist())  # every class keeps at least one clip
   assert len(subset['indices']) < len(labels)
   steps = [r['step'] for r in metrics_lib.read_jsonl(os.path.join(run, 'metrics.jsonl')) if 'loss' in r]
   assert steps == list(range(1, 7))
-  assert any('test_top1' in r for r in metrics_lib.read_jsonl(os.path.join(run, 'metrics.jsonl')))
+  assert sorted(_evals(run)) == [3, 6]
   read = os.path.join(os.path.abspath(pretrain_run), 'checkpoints', '2')  # the workdir's latest, pinned
-  assert json.load(open(os.path.join(run, 'run_info.json')))['init_read'] == read and read in out.stderr
+  assert json.load(open(os.path.join(run, 'run_info.json')))['init_read'] == read
   # The same command with a longer budget resumes from the last checkpoint.
   out = subprocess.run(_cmd(built, pretrain_run, run, 8, '--config.label_fraction=0.3'), cwd=helpers.REPO,
                        capture_output=True, text=True)
   assert out.returncode == 0 and 'Resumed from step 6' in out.stderr, out.stderr[-3000:]
+  assert f'Fine-tuning T from {pretrain_run}' in out.stderr and 'test top-1' in out.stderr
   assert json.load(open(os.path.join(run, 'run_info.json')))['init_read'] == read  # kept on resume
   # A fine-tuned checkpoint exports to VideoMAEForVideoClassification.
   w = export.load(run)
@@ -63,9 +56,11 @@ def test_finetune_from_pretraining_resumes_and_exports(built, pretrain_run, tmp_
   assert model.config.num_labels == 32
 
 
-def test_sigkill_then_restart_gives_exactly_the_same_losses(built, pretrain_run, tmp_path):
-  # Everything random in fine-tuning is on: mixup / cutmix, RandAugment, erasing, drop path, the labelled
-  # subset and the class-balanced sampler; the evaluation during training as well.
+def test_sigterm_sigkill_and_other_worker_counts_resume_exactly(built, pretrain_run, tmp_path):
+  """One interrupted run against one uninterrupted reference: SIGTERM (saves and exits 0), a restart
+  with 2 grain workers where the saved input state has none (the input continues at the saved batch),
+  SIGKILL, a restart restoring the 2-worker input state. Everything random in fine-tuning is on: mixup /
+  cutmix, RandAugment, erasing, drop path, the labelled subset, the class-balanced sampler, evaluations."""
   steps, extra = 16, ('--config.label_fraction=0.5', '--config.data.class_balanced=True',
                       '--config.model.drop_path=0.1', '--config.checkpoint.every_steps=4', '--config.eval_every=8')
   ref = str(tmp_path / 'ref')
@@ -73,33 +68,35 @@ def test_sigkill_then_restart_gives_exactly_the_same_losses(built, pretrain_run,
                        text=True)
   assert out.returncode == 0, out.stderr[-3000:]
   want = helpers.losses(ref)
-  assert sorted(want) == list(range(1, steps + 1))
-  run = str(tmp_path / 'killed')
-  proc = subprocess.Popen(_cmd(built, pretrain_run, run, steps, *extra), cwd=helpers.REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  try:
-    helpers.wait_for_step(run, proc, 10)
-  finally:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+  assert sorted(want) == list(range(1, steps + 1)) and sorted(_evals(ref)) == [8, 16]
+  run = str(tmp_path / 'interrupted')
+  status, err = helpers.interrupt(_cmd(built, pretrain_run, run, steps, *extra), run, 5, signal.SIGTERM)
+  assert status == 0, err[-3000:]
+  termed = max(helpers.losses(run))
+  assert termed < steps and helpers.checkpoints(run)[-1] == termed  # saved where it stopped
+  workers = ('--config.data.workers=2',)
+  status, err = helpers.interrupt(_cmd(built, pretrain_run, run, steps, *extra, *workers), run, termed + 2,
+                                  signal.SIGKILL, checkpoint=termed + 1)
+  assert f'Resumed from step {termed}' in err and 'does not fit this run' in err, err[-3000:]
   assert max(helpers.losses(run)) < steps
-  out = subprocess.run(_cmd(built, pretrain_run, run, steps, *extra), cwd=helpers.REPO, capture_output=True,
-                       text=True)
+  out = subprocess.run(_cmd(built, pretrain_run, run, steps, *extra, *workers), cwd=helpers.REPO,
+                       capture_output=True, text=True)
   assert out.returncode == 0 and 'Resumed from step' in out.stderr, out.stderr[-3000:]
+  assert 'does not fit this run' not in out.stderr  # the 2-worker input state restored
   assert helpers.losses(run) == want  # bit-exact, every step
-  evals = lambda w: {r['step']: r['test_top1'] for r in metrics_lib.read_jsonl(os.path.join(w, 'metrics.jsonl'))
-                     if 'test_top1' in r}
-  assert evals(run) == evals(ref) and sorted(evals(ref)) == [8, 16]
+  assert _evals(run) == _evals(ref)
 
 
-def test_non_finite_loss_stops_with_a_clear_message(built, tmp_path):
+def test_non_finite_loss_stops_at_the_last_good_checkpoint(built, tmp_path):
   run = str(tmp_path / 'ft')
-  out = subprocess.run(_cmd(built, '', run, 30, '--config.optim.base_lr=1e12', '--config.eval_every=0'),
-                       cwd=helpers.REPO, capture_output=True, text=True)
+  out = subprocess.run(_cmd(built, '', run, 30, '--config.optim.base_lr=1e12', '--config.eval_every=0',
+                            '--config.checkpoint.every_steps=1'), cwd=helpers.REPO, capture_output=True, text=True)
   assert out.returncode != 0
   assert 'non-finite loss' in out.stderr, out.stderr[-3000:]
   bad = int(re.search(r'non-finite loss .* at step (\d+);', out.stderr).group(1))
-  assert all(step < bad for step in helpers.checkpoints(run)), (bad, helpers.checkpoints(run))
+  assert bad > 1 and helpers.checkpoints(run)[-1] == bad - 1, (bad, helpers.checkpoints(run))
+  assert f'(step {bad - 1}) was saved' in out.stderr
+  assert max(helpers.losses(run)) == bad - 1
 
 
 def test_two_processes_over_localhost_match_one_process(built, pretrain_run, tmp_path):
@@ -126,6 +123,15 @@ def test_two_processes_over_localhost_match_one_process(built, pretrain_run, tmp
   assert top1(run) == top1(ref) and len(top1(ref)) == 1
   read = os.path.join(os.path.abspath(pretrain_run), 'checkpoints', '2')  # the step process 0 pinned
   assert json.load(open(os.path.join(run, 'run_info.json')))['init_read'] == read
+
+
+@pytest.mark.parametrize('fraction', [0.0, -0.5, 1.5])
+def test_label_fraction_outside_0_1_is_a_config_error(fraction, tmp_path):
+  config = __import__('configs.finetune_demo', fromlist=['get_config']).get_config()
+  config.label_fraction = fraction
+  with pytest.raises(ValueError, match=rf'config.label_fraction={fraction}: .* must be in \(0, 1\]'):
+    ft.train_and_evaluate(config, str(tmp_path / 'ft'))
+  assert not os.path.exists(tmp_path / 'ft')  # nothing written
 
 
 def test_bad_crop_scale_is_a_config_error(built, tmp_path):
@@ -173,6 +179,37 @@ def test_mixup_cutmix_targets():
     assert x.shape == video.shape and (t.max(1) < 0.92 + 1e-6).all()  # smoothed: never a hard 1
   _, t = ft.mix(video, labels, jax.random.key(0), 5, mixup=0.0, cutmix=0.0, smoothing=0.1)
   np.testing.assert_allclose(np.asarray(t)[0], [0.92, 0.02, 0.02, 0.02, 0.02], atol=1e-6)
+
+
+def _two_valued_batch():
+  """4 clips of 2 frames, 16 x 20 pixels; clip i is the constant 10 + 50 i, its label i."""
+  values = 10.0 + 50.0 * np.arange(4)
+  video = np.broadcast_to(values[:, None, None, None, None], (4, 2, 16, 20, 3)).astype(np.uint8)
+  return video, values, np.arange(4)
+
+
+@pytest.mark.parametrize('mixup,cutmix', [(0.0, 1.0), (0.8, 0.0), (0.8, 1.0)])
+def test_mixed_pixels_and_labels_share_the_same_proportion(mixup, cutmix):
+  """Clip i is mixed with clip 3 - i (the batch reversed): the share of its pixels that come from the
+  other clip (cutmix: the pasted box's area; mixup: the blend weight) equals the other label's weight."""
+  video, values, labels = _two_valued_batch()
+  kinds = set()
+  for seed in range(12):
+    x, t = ft.mix(video, labels, jax.random.key(seed), 4, mixup=mixup, cutmix=cutmix, smoothing=0.0)
+    x, t = np.asarray(x), np.asarray(t)
+    np.testing.assert_allclose(t.sum(1), 1.0, atol=1e-6)
+    for i in range(4):
+      own, other = values[i], values[3 - i]
+      from_other = (x[i] == other).mean() if np.isin(x[i], [own, other]).all() else None
+      if from_other is not None:  # cutmix (or a blend weight of exactly 0 or 1)
+        kinds.add('cut')
+        assert t[i, labels[3 - i]] == pytest.approx(from_other, abs=1e-6), (seed, i)
+      else:  # mixup: x = lam * own + (1 - lam) * other, the same everywhere
+        kinds.add('mix')
+        share = (own - x[i]) / (own - other)
+        np.testing.assert_allclose(share, share.flat[0], atol=1e-5)
+        assert t[i, labels[3 - i]] == pytest.approx(share.flat[0], abs=1e-5), (seed, i)
+  assert kinds == ({'cut'} if not mixup else {'mix'} if not cutmix else {'cut', 'mix'})
 
 
 def test_augmentation_is_the_same_for_every_frame():

@@ -6,11 +6,13 @@ Each test runs `python -m mgjax.main` in a subprocess on the sample records (8 f
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests import helpers
 
@@ -29,62 +31,55 @@ def _run(cmd, **kw):
   return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, **kw)
 
 
-def test_sigkill_then_restart_gives_exactly_the_same_losses(built, tmp_path):
-  steps = 40
-  ref = str(tmp_path / 'ref')
-  out = _run(_cmd(built, ref, steps))
+@pytest.fixture(scope='module')
+def reference(built, tmp_path_factory):
+  """An uninterrupted 40-step run: the losses every interrupted run must reproduce."""
+  ref = str(tmp_path_factory.mktemp('reference'))
+  out = _run(_cmd(built, ref, 40))
   assert out.returncode == 0, out.stderr[-3000:]
   want = helpers.losses(ref)
-  assert sorted(want) == list(range(1, steps + 1))
+  assert sorted(want) == list(range(1, 41))
   assert np.mean([want[s] for s in range(31, 41)]) < np.mean([want[s] for s in range(1, 11)])
+  return want
 
-  run = str(tmp_path / 'killed')
-  proc = subprocess.Popen(_cmd(built, run, steps), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  try:
-    helpers.wait_for_step(run, proc, 14)
-  finally:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-  killed_at = max(helpers.losses(run))
-  assert killed_at < steps
-  out = _run(_cmd(built, run, steps))  # same command, same workdir: resumes by itself
+
+def test_sigterm_sigkill_and_other_worker_counts_resume_exactly(built, reference, tmp_path):
+  """One run, interrupted three ways, gives the reference's loss at every step, bit for bit: SIGTERM with
+  2 grain workers (saves where it stopped, exits 0), a restart restoring the 2-worker input state, SIGKILL,
+  and a restart with no workers, whose saved input state does not fit (the input continues at the saved
+  batch)."""
+  run = str(tmp_path / 'run')
+  workers = ('--config.data.workers=2',)
+  status, err = helpers.interrupt(_cmd(built, run, 40, *workers), run, 6, signal.SIGTERM)
+  assert status == 0 and 'after SIGTERM' in err, err[-3000:]
+  termed = max(helpers.losses(run))
+  assert termed < 40 and helpers.checkpoints(run)[-1] == termed  # saved at the step it stopped
+  status, err = helpers.interrupt(_cmd(built, run, 40, *workers), run, termed + 2, signal.SIGKILL,
+                                  checkpoint=termed + 1)
+  assert f'Resumed from step {termed}' in err and 'does not fit this run' not in err, err[-3000:]
+  assert max(helpers.losses(run)) < 40
+  out = _run(_cmd(built, run, 40))  # same command, same workdir, no workers: resumes by itself
   assert out.returncode == 0, out.stderr[-3000:]
-  assert 'Resumed from step' in out.stderr
-  got = helpers.losses(run)
-  assert got == want  # bit-exact, every step
-  assert helpers.checkpoints(run)[-1] == steps
+  assert 'Resumed from step' in out.stderr and 'does not fit this run' in out.stderr
+  assert helpers.losses(run) == reference  # bit-exact, every step
+  assert helpers.checkpoints(run)[-1] == 40
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(built, tmp_path):
+def test_non_finite_loss_stops_at_the_last_good_checkpoint(built, tmp_path):
   run = str(tmp_path / 'run')
-  proc = subprocess.Popen(_cmd(built, run, 10000), cwd=REPO, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-  helpers.wait_for_step(run, proc, 6)
-  proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=120)
-  assert proc.returncode == 0, err[-3000:]
-  last = max(helpers.losses(run))
-  assert helpers.checkpoints(run)[-1] == last  # saved at the step it stopped, not only at every_steps
-  assert 'after SIGTERM' in err
-  out = _run(_cmd(built, run, last + 2))
-  assert out.returncode == 0 and f'Resumed from step {last}' in out.stderr, out.stderr[-3000:]
-  assert max(helpers.losses(run)) == last + 2
-
-
-def test_non_finite_loss_stops_with_a_clear_message(built, tmp_path):
-  run = str(tmp_path / 'run')
-  # Checkpoints every 3 steps: the loss turns non-finite at step 3, a checkpoint step.
-  out = _run(_cmd(built, run, 40, '--config.optim.base_lr=1e12', '--config.checkpoint.every_steps=3'))
+  out = _run(_cmd(built, run, 40, '--config.optim.base_lr=1e12', '--config.checkpoint.every_steps=1'))
   assert out.returncode != 0
   assert 'non-finite loss' in out.stderr, out.stderr[-3000:]
-  # Metrics are read one step late, but always before a checkpoint: none is saved at or past the bad step.
+  # Metrics are read one step late, but always before a checkpoint: every step until the bad one is saved,
+  # none at or past it.
   bad = int(re.search(r'non-finite loss .* at step (\d+);', out.stderr).group(1))
-  assert all(step < bad for step in helpers.checkpoints(run)), (bad, helpers.checkpoints(run))
+  assert bad > 1 and helpers.checkpoints(run)[-1] == bad - 1, (bad, helpers.checkpoints(run))
+  assert max(helpers.losses(run)) == bad - 1
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  for step in helpers.checkpoints(run):
-    restored = ocp.StandardCheckpointer().restore(os.path.join(run, 'checkpoints', str(step), 'state'))
-    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored)), step
+  restored = ocp.StandardCheckpointer().restore(os.path.join(run, 'checkpoints', str(bad - 1), 'state'))
+  assert int(restored['step']) == bad - 1
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored))
 
 
 def test_run_writes_what_users_look_at(built, tmp_path):
@@ -129,22 +124,41 @@ def test_unknown_override_names_what_is_wrong():
 
 def test_decoder_depth_of_every_config_can_be_set_on_the_command_line():
   # Left as None (the size's depth), the field must still take an int override: an untyped None could not.
-  prog = ('from absl import app, flags; from ml_collections import config_flags; '
-          'config_flags.DEFINE_config_file("config", lock_config=True); '
-          'app.run(lambda _: print("depth", flags.FLAGS.config.model.decoder_depth))')
-  for name in ('vmae_s', 'vmae_b', 'vmae_l', 'vmae_h', 'finetune_s', 'finetune_b', 'finetune_l', 'demo',
-               'demo_s112'):
-    for extra, want in (([], 2 if 'demo' in name else None), (['--config.model.decoder_depth=4'], 4)):
-      out = _run([sys.executable, '-c', prog, f'--config=configs/{name}.py', *extra])
-      assert out.returncode == 0 and f'depth {want}' in out.stdout, (name, extra, out.stderr[-500:])
+  names = ('vmae_s', 'vmae_b', 'vmae_l', 'vmae_h', 'finetune_s', 'finetune_b', 'finetune_l', 'demo', 'demo_s112')
+  prog = ('import sys; from absl import app, flags; from ml_collections import config_flags\n'
+          f'names = {names!r}\n'
+          'for i in range(len(names)): config_flags.DEFINE_config_file(f"c{i}", lock_config=True)\n'
+          'app.run(lambda _: print([flags.FLAGS[f"c{i}"].value.model.decoder_depth for i in range(len(names))]))')
+  for extra, want in (('', [None] * 7 + [2, 2]), ('.model.decoder_depth=4', [4] * 9)):
+    args = [a for i, n in enumerate(names) for a in (f'--c{i}=configs/{n}.py',) + ((f'--c{i}{extra}',) if extra else ())]
+    out = _run([sys.executable, '-c', prog, *args])
+    assert out.returncode == 0 and out.stdout.strip() == str(want), (extra, out.stdout, out.stderr[-500:])
 
 
-def test_two_processes_over_localhost_match_one_process(built, tmp_path):
-  """Real multi-process JAX: 2 processes x 4 CPU devices (gloo) form one 8-device mesh."""
-  steps = 5
-  ref = str(tmp_path / 'one')
-  out = _run(_cmd(built, ref, steps))
+@pytest.fixture(scope='module')
+def short_run(built, tmp_path_factory):
+  """A plain 5-step run (one process, data parallel over 8 devices)."""
+  run = str(tmp_path_factory.mktemp('short'))
+  out = _run(_cmd(built, run, 5))
   assert out.returncode == 0, out.stderr[-3000:]
+  return run
+
+
+def test_fsdp_tensor_mesh_remat_and_micro_batches_match_the_plain_run(built, short_run, tmp_path):
+  run = str(tmp_path / 'run')
+  out = _run(_cmd(built, run, 5, '--config.mesh=(2,2,2)', '--config.micro_batches=2',
+                  '--config.model.remat=dots'))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "Mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in out.stderr
+  want, got = helpers.losses(short_run), helpers.losses(run)
+  assert sorted(got) == list(range(1, 6))
+  np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5)
+
+
+def test_two_processes_over_localhost_match_one_process(built, short_run, tmp_path):
+  """Real multi-process JAX: 2 processes x 4 CPU devices (gloo) form one 8-device mesh; the run then
+  continues on 1 process, whose input continues at the saved batch."""
+  steps = 5
   run = str(tmp_path / 'two')
   port = helpers.free_port()
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
@@ -155,7 +169,16 @@ def test_two_processes_over_localhost_match_one_process(built, tmp_path):
   for p, err in zip(procs, errs):
     assert p.returncode == 0, err[-3000:]
   assert 'process 0 of 2' in errs[0] and 'process 1 of 2' in errs[1] and '8 devices' in errs[0]
-  want, got = helpers.losses(ref), helpers.losses(run)
+  want, got = helpers.losses(short_run), helpers.losses(run)
   assert sorted(got) == list(range(1, steps + 1))
   np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5)
   assert helpers.checkpoints(run)[-1] == steps
+  # Both continue to step 8 on one process.
+  one = str(tmp_path / 'one')
+  shutil.copytree(short_run, one)
+  for workdir in (one, run):
+    out = _run(_cmd(built, workdir, 8))
+    assert out.returncode == 0 and f'Resumed from step {steps}' in out.stderr, out.stderr[-3000:]
+    assert ('does not fit this run' in out.stderr) == (workdir == run)
+  want, got = helpers.losses(one), helpers.losses(run)
+  np.testing.assert_allclose([got[s] for s in range(6, 9)], [want[s] for s in range(6, 9)], rtol=1e-5)

@@ -26,6 +26,26 @@ def test_normalized_pixel_target_and_loss_by_hand():
   assert float(videomae.loss_fn(jnp.asarray(t), jnp.asarray(t))) == 0.0
 
 
+def test_target_token_order_on_a_grid_of_several_slots_rows_and_columns():
+  """Tokens run t-major, then rows, then columns: 2 time slots x 2 rows x 3 columns, each checked by hand."""
+  rng = np.random.default_rng(1)
+  x = rng.random((1, 4, 32, 48, 3)).astype(np.float32)
+  x[:, 2:] *= 0.5  # the time slots differ in scale, so a slot mixed up with another shows
+  t = np.asarray(videomae.normalized_pixel_target(jnp.asarray(x), patch=16, tubelet=2))
+  assert t.shape == (1, 12, 1536)
+  for slot in range(2):
+    for row in range(2):
+      for col in range(3):
+        patch = x[0, 2 * slot:2 * slot + 2, 16 * row:16 * row + 16, 16 * col:16 * col + 16, :]
+        flat = patch.reshape(-1, 3)
+        want = (flat - flat.mean(0)) / (np.sqrt(flat.var(0, ddof=1)) + 1e-6)
+        np.testing.assert_allclose(t[0, slot * 6 + row * 3 + col], want.reshape(-1), rtol=1e-5, atol=1e-5)
+  # The loss is the mean over masked tokens only: an error on one token of twelve, seen through a mask.
+  pred = t.copy()
+  pred[0, 7] += 2.0
+  assert float(videomae.loss_fn(jnp.asarray(pred), jnp.asarray(t))) == pytest.approx(4.0 / 12, rel=1e-5)
+
+
 def test_model_predicts_only_masked_tokens_against_their_targets():
   cfg = videomae.ModelConfig(size='T', frames=4, image_size=32, mask_ratio=0.5, dtype='float32')
   model = videomae.VideoMAE(cfg, rngs=nnx.Rngs(0))

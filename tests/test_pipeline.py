@@ -93,3 +93,16 @@ def test_tube_and_random_masks_hide_the_same_number_of_tokens():
   assert seen_later > 0
   with np.testing.assert_raises_regex(ValueError, 'unknown mask_type'):
     pretrain.make_mask(rng, grid, 0.75, 'frame')
+
+
+def test_no_acceptable_window_is_an_error_after_max_tries(built):
+  """Every chunk static and none kept: the sampler gives up after MAX_TRIES draws, with what to change."""
+  src = records.data_source(built, 'pretrain', 'all')
+  sampler = pretrain.WindowSampler(src, pretrain.SamplingConfig(static_motion=1e9, static_keep=0.0, **SPAN_ARGS))
+  with np.testing.assert_raises_regex(RuntimeError, f'no acceptable window found in {pretrain.MAX_TRIES} '
+                                      'tries.*sampling="uniform" or a lower static_motion'):
+    sampler.choose(0, np.random.default_rng(0))
+  # Kept with probability static_keep: with 1, the same static chunks are accepted.
+  keep = pretrain.WindowSampler(src, pretrain.SamplingConfig(static_motion=1e9, static_keep=1.0, **SPAN_ARGS))
+  recs, _ = keep.choose(0, np.random.default_rng(0))
+  assert recs

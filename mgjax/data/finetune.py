@@ -170,13 +170,14 @@ def labelled_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
 
 
 def make_dataset(source, indices: Sequence[int], labels: np.ndarray, cfg: FinetuneInputConfig,
-                 process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+                 process_index: int = 0, process_count: int = 1, start_batch: int = 0) -> grain.IterDataset:
+  """As the pretraining pipeline's make_dataset: per-process host batches from global batch start_batch."""
   per_process = cfg.global_batch // process_count
   if cfg.global_batch % process_count or per_process % cfg.num_repeats:
     raise ValueError(f'global_batch {cfg.global_batch} must split into {process_count} processes and then '
                      f'into groups of num_repeats={cfg.num_repeats}')
   per = per_process // cfg.num_repeats
-  ds = grain.MapDataset.range(2**62).map(ProcessSlice(per, process_index, process_count))
+  ds = grain.MapDataset.range(start_batch * per, 2**62).map(ProcessSlice(per, process_index, process_count))
   ds = ds.map(ClipAugmenter(source, np.asarray(indices), np.asarray(labels), cfg))
   ds = ds.batch(per, drop_remainder=True).map(flatten_repeats)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))

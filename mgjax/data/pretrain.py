@@ -182,8 +182,10 @@ def flatten_repeats(batch):
 
 
 def make_dataset(cfg: PipelineConfig, process_index: int = 0, process_count: int = 1,
-                 source=None) -> grain.IterDataset:
-  """The per-process stream of host batches of global_batch / process_count clips."""
+                 source=None, start_batch: int = 0) -> grain.IterDataset:
+  """The per-process stream of host batches of global_batch / process_count clips, from global batch
+  `start_batch` on (a batch depends on its index only, so a run resumed with another number of processes
+  or workers, whose saved iterator state does not fit, continues with the batches it would have had)."""
   if source is None:
     source = records.data_source(cfg.data_dir, cfg.config, cfg.split)
   repeats = cfg.augment.num_repeats
@@ -192,7 +194,7 @@ def make_dataset(cfg: PipelineConfig, process_index: int = 0, process_count: int
     raise ValueError(f'global_batch {cfg.global_batch} must split into {process_count} processes and '
                      f'then into groups of num_repeats={repeats}')
   per = per_process // repeats  # decoded windows per process per batch
-  ds = grain.MapDataset.range(2**62).map(ProcessSlice(per, process_index, process_count))
+  ds = grain.MapDataset.range(start_batch * per, 2**62).map(ProcessSlice(per, process_index, process_count))
   ds = ds.map(ClipMaker(source, cfg))
   ds = ds.batch(per, drop_remainder=True).map(flatten_repeats)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))

@@ -82,6 +82,24 @@ def mix(video, labels, key, num_classes: int, *, mixup: float, cutmix: float, sm
   return mixed, lam * onehot + (1 - lam) * onehot[::-1]
 
 
+def make_train_step(fns: ClassifierFns, tx, lr_fn, augment, drop_path: bool):
+  """The fine-tuning step: mixup / cutmix with label smoothing on the whole global batch (one lambda,
+  each clip paired with the batch reversed, as timm's Mixup), then softmax cross-entropy, accumulated
+  over the micro-batches. Mixing before the split keeps accumulation the same update as the full batch."""
+  a = augment
+
+  def mix_batch(batch, key):
+    video, target = mix(batch['video'], batch['label'], key, fns.num_classes, mixup=a.mixup, cutmix=a.cutmix,
+                        smoothing=a.label_smoothing)
+    return {'video': video, 'target': target}
+
+  def loss(params, mb, key):
+    logits = fns.module(params)(mb['video'], key if drop_path else None)
+    return optax.softmax_cross_entropy(logits, mb['target']).mean()
+
+  return step_lib.make_train_step(fns, tx, lr_fn, drop_path=drop_path, loss=loss, batch_fn=mix_batch)
+
+
 def layer_scales(params: dict, depth: int, decay: float) -> dict:
   """Layer-wise lr decay: patch embedding is layer 0, block i layer i + 1, fc_norm and head depth + 1;
   a layer's lr is scaled by decay ** (depth + 1 - layer)."""
@@ -142,6 +160,9 @@ def evaluate_top1(fns: ClassifierFns, params, source, cfg: videomae.ModelConfig,
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
+  if not 0 < config.label_fraction <= 1:
+    raise ValueError(f'config.label_fraction={config.label_fraction}: the fraction of labelled training '
+                     f'clips must be in (0, 1] (1: supervised, less: semi-supervised)')
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(tuple(config.mesh))
   model_cfg = videomae.ModelConfig(**config.model.to_dict())
@@ -169,8 +190,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       scale=tuple(d.crop_scale), flip=d.flip,
       randaug_n=d.randaug_n, randaug_m=d.randaug_m, erase_prob=d.erase_prob, num_repeats=d.num_repeats,
       class_balanced=d.class_balanced, seed=config.seed, global_batch=config.global_batch, workers=d.workers)
-  data_iter = iter(data_lib.make_dataset(train_src, indices, labels[indices], icfg, jax.process_index(),
-                                         jax.process_count()))
+
+  def make_iter(start_batch: int):
+    return iter(data_lib.make_dataset(train_src, indices, labels[indices], icfg, jax.process_index(),
+                                      jax.process_count(), start_batch=start_batch))
   steps_per_epoch = max(1, len(indices) * d.num_repeats // config.global_batch)
   total_steps = config.total_steps or int(config.epochs * steps_per_epoch)
   warmup = config.optim.warmup_steps if config.optim.warmup_steps >= 0 else int(
@@ -190,7 +213,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   mngr = ckpt.make_manager(workdir, every_steps=c.every_steps, keep=c.keep, keep_period=c.keep_period)
   info_path = os.path.join(workdir, 'run_info.json')
   if mngr.latest_step() is not None:
-    state, start, _ = ckpt.restore(mngr, abstract, shardings, data_iter)
+    state, start, data_iter, input_start = ckpt.restore(mngr, abstract, shardings, make_iter)
     logging.info('Resumed from step %d in %s', start, workdir)
     init_read = (json.load(open(info_path)).get('init_read', config.init) if os.path.exists(info_path)
                  else config.init)
@@ -212,20 +235,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
       state = jax.device_put(init_state(config.seed), shardings)
     else:
       state = jax.jit(init_state, static_argnums=0, out_shardings=shardings)(config.seed)
-    start = 0
+    start, data_iter, input_start = 0, make_iter(0), 0
   logging.info('Fine-tuning %s from %s: %d steps (%d per epoch), warmup %d', model_cfg.size,
                config.init or 'scratch', total_steps, steps_per_epoch, warmup)
 
-  a = config.augment
-
-  def loss(params, mb, key):
-    k_mix, k_drop = jax.random.split(key)
-    video, target = mix(mb['video'], mb['label'], k_mix, config.num_classes, mixup=a.mixup, cutmix=a.cutmix,
-                        smoothing=a.label_smoothing)
-    logits = fns.module(params)(video, k_drop if model_cfg.drop_path > 0 else None)
-    return optax.softmax_cross_entropy(logits, target).mean()
-
-  step_fn = step_lib.make_train_step(fns, tx, lr_fn, drop_path=True, loss=loss)
+  step_fn = make_train_step(fns, tx, lr_fn, config.augment, drop_path=model_cfg.drop_path > 0)
   jitted, bsh = step_lib.jit_train_step(step_fn, mesh, shardings, {'video': 6, 'label': 2})
   writer = metrics_lib.MetricWriter(workdir)
   if jax.process_index() == 0:
@@ -265,10 +279,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         logging.info('step %d: test top-1 %.1f%%, mean class accuracy %.1f%% (single view)', done,
                      100 * r['top1'], 100 * r['mean_class_accuracy'])
       if stop:
-        ckpt.save(mngr, done, state, data_iter, force=True)
+        ckpt.save(mngr, done, state, data_iter, input_start, force=True)
         mngr.wait_until_finished()
         return {'steps': done, 'losses': history, 'test_top1': evals, 'preempted': True}
-      ckpt.save(mngr, done, state, data_iter, force=done == total_steps)
+      ckpt.save(mngr, done, state, data_iter, input_start, force=done == total_steps)
     mngr.wait_until_finished()
   finally:
     preempt.restore()

@@ -132,8 +132,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   total_steps = config.total_steps or int(config.epochs * steps_per_epoch)
   warmup = config.optim.warmup_steps if config.optim.warmup_steps >= 0 else int(
       config.optim.warmup_epochs * steps_per_epoch)
-  dataset = pipeline.make_dataset(pcfg, jax.process_index(), jax.process_count(), source=source)
-  data_iter = iter(dataset)
+
+  def make_iter(start_batch: int):
+    return iter(pipeline.make_dataset(pcfg, jax.process_index(), jax.process_count(), source=source,
+                                      start_batch=start_batch))
 
   # ---- Model, optimizer, state.
   fns = step_lib.ModelFns.create(model_cfg)
@@ -146,15 +148,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   c = config.checkpoint
   mngr = ckpt.make_manager(workdir, every_steps=c.every_steps, keep=c.keep, keep_period=c.keep_period)
   if mngr.latest_step() is not None:
-    state, start, iter_ok = ckpt.restore(mngr, abstract, shardings, data_iter)
-    if not iter_ok:  # a deterministic new position: the same seed, offset by the step
-      data_iter = iter(pipeline.make_dataset(
-          pipeline.dataclasses.replace(pcfg, seed=config.seed + start), jax.process_index(),
-          jax.process_count(), source=source))
+    state, start, data_iter, input_start = ckpt.restore(mngr, abstract, shardings, make_iter)
     logging.info('Resumed from step %d in %s', start, workdir)
   else:
     state, _ = step_lib.create_state(fns, tx, mesh, config.seed)
-    start = 0
+    start, data_iter, input_start = 0, make_iter(0), 0
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state['params']))
   logging.info('Model %s: %.2fM parameters; %d steps (%d per epoch), warmup %d', model_cfg.size,
                n_params / 1e6, total_steps, steps_per_epoch, warmup)
@@ -217,11 +215,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if viz_due:
         _write_reconstruction(workdir, writer, done, eval_recon, state['params'], host, model_cfg, mesh)
       if stop:
-        ckpt.save(mngr, done, state, data_iter, force=True)
+        ckpt.save(mngr, done, state, data_iter, input_start, force=True)
         mngr.wait_until_finished()
         logging.warning('Saved step %d after SIGTERM; exiting.', done)
         return {'steps': done, 'losses': history, 'preempted': True}
-      ckpt.save(mngr, done, state, data_iter, force=done == total_steps)
+      ckpt.save(mngr, done, state, data_iter, input_start, force=done == total_steps)
     mngr.wait_until_finished()
     if len(history) >= 20:
       k = max(10, len(history) // 10)

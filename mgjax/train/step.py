@@ -62,10 +62,12 @@ def create_state(fns: ModelFns, tx, mesh, seed: int):
 
 
 def make_train_step(fns, tx: optax.GradientTransformation, lr_fn: Callable, drop_path: bool,
-                    loss: Optional[Callable] = None):
+                    loss: Optional[Callable] = None, batch_fn: Optional[Callable] = None):
   """step(state, batch, key) -> (state, metrics). batch leaves: (micro_batches, batch / micro, ...).
 
   loss(params, micro_batch, key) defaults to the VideoMAE loss of fns on batch['video'], batch['mask'].
+  batch_fn(batch, key) -> batch, if given, transforms the whole global batch (leaves (global, ...))
+  before it is cut into micro-batches: fine-tuning's mixup / cutmix, which pairs clips across the batch.
 
   Gradients are averaged over the micro-batches, then applied once: the same update as the full batch.
   A non-finite loss or gradient leaves the state as it was and reports finite=False.
@@ -77,6 +79,10 @@ def make_train_step(fns, tx: optax.GradientTransformation, lr_fn: Callable, drop
   def step(state, batch, key):
     params = state['params']
     num_micro = jax.tree.leaves(batch)[0].shape[0]
+    if batch_fn is not None:
+      key, k_batch = jax.random.split(key)
+      whole = batch_fn(jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), batch), k_batch)
+      batch = jax.tree.map(lambda x: x.reshape((num_micro, -1) + x.shape[1:]), whole)
 
     def micro(carry, xs):
       grads_sum, loss_sum = carry
