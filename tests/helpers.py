@@ -119,7 +119,8 @@ def finetune_cmd(built, init, workdir, steps, *extra):
   """mgjax.finetune of the tiny T model on the built sample, with the full VideoMAE augmentation (which
   configs/finetune_demo.py turns off for its 64-pixel clips)."""
   import sys  # pylint: disable=g-import-not-at-top
-  return [sys.executable, '-m', 'mgjax.finetune', '--config=configs/finetune_demo.py', f'--config.init={init}',
+  return [sys.executable, '-m', 'mgjax.finetune', '--config=configs/finetune_demo.py',
+          f'--config.init={init}',
           f'--workdir={workdir}', f'--config.data.data_dir={built}', '--config.model.size=T',
           '--config.model.frames=4', '--config.model.image_size=32', '--config.global_batch=8',
           '--config.data.workers=0', f'--config.total_steps={steps}', '--config.checkpoint.every_steps=3',

@@ -250,11 +250,12 @@ def test_a_workdir_is_read_at_its_latest_checkpoint(built, pretrain_run, tmp_pat
 
 
 def _emotion_clips(informative: bool):
-  """12 videos (8 train, 4 test, half of each won), 3 clips each. Informative: a won video's clips show
-  gesture 0 (feature direction 0), a lost one's gesture 1; otherwise every clip looks the same."""
+  """12 videos, 3 clips each: 8 train (the first 4 won, the last 4 lost), 4 test (won, lost, won, lost).
+  Informative: a won video's clips show gesture 0 (feature direction 0), a lost one's gesture 1;
+  otherwise every clip looks the same."""
   rng = np.random.default_rng(0)
   videos = [f'v{i}' for i in range(12)]
-  won = {v: int(i % 2 == 0) for i, v in enumerate(videos)}
+  won = dict(zip(videos, [1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 1, 0]))
   feats, vid, emo, label = [], [], [], []
   for v in videos:
     for _ in range(3):
@@ -319,7 +320,8 @@ def test_recognition_averages_the_softmax_of_its_views(tmp_path):
   assert r['top1'] == 1.0 and r['views'] == 3
 
 
-def test_evaluate_a_fine_tuning_workdir_and_an_encoder_only_export(built, pretrain_run, finetune_run, tmp_path):
+def test_evaluate_a_fine_tuning_workdir_and_an_encoder_only_export(built, pretrain_run, finetune_run,
+                                                                    tmp_path):
   r = evaluate_lib.evaluate(_config(finetune_run, built, tasks=('knn', 'recognition')), str(tmp_path / 'ft'))
   assert r['checkpoint_read'].startswith(os.path.join(os.path.abspath(finetune_run), 'checkpoints'))
   _check_classification(r['knn'])

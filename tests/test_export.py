@@ -272,7 +272,8 @@ def test_transformers_parity_on_random_weights(tmp_path):
     res = hf_pre(pixel_values=pixels, bool_masked_pos=torch.tensor(mask))
   from mgjax.models import vit  # pylint: disable=g-import-not-at-top
   x = (video / 255.0 - videomae.IMAGENET_MEAN) / videomae.IMAGENET_STD
-  ours = np.asarray(pre.encoder(vit.patchify(jnp.asarray(x, jnp.float32), RANDOM_CFG.patch, RANDOM_CFG.tubelet)))
+  patches = vit.patchify(jnp.asarray(x, jnp.float32), RANDOM_CFG.patch, RANDOM_CFG.tubelet)
+  ours = np.asarray(pre.encoder(patches))
   assert np.abs(ours).max() > 1  # far from a near-identity network
   np.testing.assert_allclose(hidden, ours, atol=2e-4, rtol=1e-4)
   pred, target = pre(jnp.asarray(video), jnp.asarray(mask))

@@ -1,5 +1,6 @@
-"""Fine-tuning: from a real pretraining run, resume (bit-exact after SIGKILL), the non-finite stop,
-semi-supervised subsets, augmentation invariants, layer-wise lr decay, and errors for weights of another size."""
+"""Fine-tuning: from a real pretraining run, resume (bit-exact after SIGTERM, SIGKILL and a change of worker
+count), the non-finite stop, semi-supervised subsets, mixing proportions, augmentation invariants, layer-wise
+lr decay, and errors for weights of another size or a label fraction out of range."""
 
 import json
 import os
@@ -90,7 +91,8 @@ def test_sigterm_sigkill_and_other_worker_counts_resume_exactly(built, pretrain_
 def test_non_finite_loss_stops_at_the_last_good_checkpoint(built, tmp_path):
   run = str(tmp_path / 'ft')
   out = subprocess.run(_cmd(built, '', run, 30, '--config.optim.base_lr=1e12', '--config.eval_every=0',
-                            '--config.checkpoint.every_steps=1'), cwd=helpers.REPO, capture_output=True, text=True)
+                            '--config.checkpoint.every_steps=1'), cwd=helpers.REPO, capture_output=True,
+                       text=True)
   assert out.returncode != 0
   assert 'non-finite loss' in out.stderr, out.stderr[-3000:]
   bad = int(re.search(r'non-finite loss .* at step (\d+);', out.stderr).group(1))
@@ -129,6 +131,7 @@ def test_two_processes_over_localhost_match_one_process(built, pretrain_run, tmp
 def test_label_fraction_outside_0_1_is_a_config_error(fraction, tmp_path):
   config = __import__('configs.finetune_demo', fromlist=['get_config']).get_config()
   config.label_fraction = fraction
+  config.data.data_dir = str(tmp_path / 'no_records')  # were the fraction taken, this would fail later
   with pytest.raises(ValueError, match=rf'config.label_fraction={fraction}: .* must be in \(0, 1\]'):
     ft.train_and_evaluate(config, str(tmp_path / 'ft'))
   assert not os.path.exists(tmp_path / 'ft')  # nothing written

@@ -1,4 +1,5 @@
-"""The pretraining binary end to end: exact resume after SIGKILL, SIGTERM checkpointing, non-finite stop.
+"""The pretraining binary end to end: exact resume after SIGTERM, SIGKILL and a change of worker or process
+count, the non-finite stop at the last good checkpoint, other meshes with micro-batches and remat.
 
 Each test runs `python -m mgjax.main` in a subprocess on the sample records (8 fake CPU devices).
 """
@@ -124,13 +125,16 @@ def test_unknown_override_names_what_is_wrong():
 
 def test_decoder_depth_of_every_config_can_be_set_on_the_command_line():
   # Left as None (the size's depth), the field must still take an int override: an untyped None could not.
-  names = ('vmae_s', 'vmae_b', 'vmae_l', 'vmae_h', 'finetune_s', 'finetune_b', 'finetune_l', 'demo', 'demo_s112')
+  names = ('vmae_s', 'vmae_b', 'vmae_l', 'vmae_h', 'finetune_s', 'finetune_b', 'finetune_l', 'demo',
+           'demo_s112')
   prog = ('import sys; from absl import app, flags; from ml_collections import config_flags\n'
           f'names = {names!r}\n'
           'for i in range(len(names)): config_flags.DEFINE_config_file(f"c{i}", lock_config=True)\n'
-          'app.run(lambda _: print([flags.FLAGS[f"c{i}"].value.model.decoder_depth for i in range(len(names))]))')
+          'depths = lambda: [flags.FLAGS[f"c{i}"].value.model.decoder_depth for i in range(len(names))]\n'
+          'app.run(lambda _: print(depths()))')
   for extra, want in (('', [None] * 7 + [2, 2]), ('.model.decoder_depth=4', [4] * 9)):
-    args = [a for i, n in enumerate(names) for a in (f'--c{i}=configs/{n}.py',) + ((f'--c{i}{extra}',) if extra else ())]
+    args = [f'--c{i}=configs/{n}.py' for i, n in enumerate(names)]
+    args += [f'--c{i}{extra}' for i in range(len(names))] if extra else []
     out = _run([sys.executable, '-c', prog, *args])
     assert out.returncode == 0 and out.stdout.strip() == str(want), (extra, out.stdout, out.stderr[-500:])
 

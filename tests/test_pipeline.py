@@ -98,7 +98,8 @@ def test_tube_and_random_masks_hide_the_same_number_of_tokens():
 def test_no_acceptable_window_is_an_error_after_max_tries(built):
   """Every chunk static and none kept: the sampler gives up after MAX_TRIES draws, with what to change."""
   src = records.data_source(built, 'pretrain', 'all')
-  sampler = pretrain.WindowSampler(src, pretrain.SamplingConfig(static_motion=1e9, static_keep=0.0, **SPAN_ARGS))
+  everything_static = pretrain.SamplingConfig(static_motion=1e9, static_keep=0.0, **SPAN_ARGS)
+  sampler = pretrain.WindowSampler(src, everything_static)
   with np.testing.assert_raises_regex(RuntimeError, f'no acceptable window found in {pretrain.MAX_TRIES} '
                                       'tries.*sampling="uniform" or a lower static_motion'):
     sampler.choose(0, np.random.default_rng(0))

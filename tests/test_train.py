@@ -104,12 +104,12 @@ def with_drop_path():
 @pytest.mark.parametrize('remat', ['full', 'dots'])
 def test_remat_equals_no_remat(with_drop_path, remat):
   cfg, plain = with_drop_path
-  _assert_same_run(_run(sharding.make_mesh((2, 2, 2)), cfg=dataclasses.replace(cfg, remat=remat), drop_path=True),
-                   plain)
+  mesh = sharding.make_mesh((2, 2, 2))
+  _assert_same_run(_run(mesh, cfg=dataclasses.replace(cfg, remat=remat), drop_path=True), plain)
 
 
 def test_the_comparison_sees_drop_path(with_drop_path):
-  """Remat that lost the drop-path keys would compute the step without drop path: that must not compare equal."""
+  """Remat that lost the drop-path keys would step without drop path: that must compare unequal."""
   cfg, plain = with_drop_path
   with pytest.raises(AssertionError):
     _assert_same_run(_run(sharding.make_mesh((2, 2, 2)), cfg=cfg, drop_path=False), plain)
@@ -183,8 +183,8 @@ def test_non_finite_step_leaves_the_last_good_state(where):
 
   mesh = sharding.make_mesh((8, 1, 1))
   state, shardings = step_lib.create_state(fns, tx, mesh, seed=0)
-  jitted, bsh = step_lib.jit_train_step(step_lib.make_train_step(fns, tx, lr, drop_path=False, loss=loss), mesh,
-                                        shardings, {**BATCH_NDIMS, 'poison': 2})
+  train_step = step_lib.make_train_step(fns, tx, lr, drop_path=False, loss=loss)
+  jitted, bsh = step_lib.jit_train_step(train_step, mesh, shardings, {**BATCH_NDIMS, 'poison': 2})
   states, metrics = [], []
   for i, host in enumerate(_batches(3)):
     host = {**host, 'poison': np.full(BATCH, i == 1)}
@@ -197,7 +197,8 @@ def test_non_finite_step_leaves_the_last_good_state(where):
   assert int(states[1]['step']) == 1
   for a, b in zip(jax.tree.leaves(states[1]), jax.tree.leaves(states[0])):
     np.testing.assert_array_equal(a, b)
-  assert int(states[2]['step']) == 2 and all(np.isfinite(x).all() for x in jax.tree.leaves(states[2]['params']))
+  assert int(states[2]['step']) == 2
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(states[2]['params']))
 
 
 def _finetune_run(micro, mixup, cutmix, steps=2):

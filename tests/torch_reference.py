@@ -42,7 +42,8 @@ class Attention(nn.Module):
   def forward(self, x):
     b, n, d = x.shape
     bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
-    qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+    qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.heads, d // self.heads)
+    qkv = qkv.permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
     attn = (q * (d // self.heads) ** -0.5) @ k.transpose(-2, -1)
     return self.proj((attn.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d))

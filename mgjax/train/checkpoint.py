@@ -26,7 +26,8 @@ def make_manager(workdir: str, *, every_steps: int, keep: int, keep_period: Opti
                                item_names=('state', 'data_iter', 'input'), options=options)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, data_iter, start_batch: int, force: bool = False) -> bool:
+def save(mngr: ocp.CheckpointManager, step: int, state, data_iter, start_batch: int,
+         force: bool = False) -> bool:
   """Saves the train state, the iterator's state and the global batch its dataset started at (the
   iterator's state counts from there)."""
   return mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
