@@ -33,7 +33,7 @@ from ml_collections import config_flags
 from PIL import Image
 
 from mgjax import config as config_lib
-from mgjax import export
+from mgjax import weights
 from mgjax.data import records
 from mgjax.evals import emotion, features, knn, linear_probe, metrics, retrieval
 from mgjax.models import classifier as classifier_lib
@@ -51,7 +51,7 @@ def load_model(config, checkpoint: str):
   if checkpoint == 'random':
     cfg = videomae.ModelConfig(**config.model.to_dict(), dtype='float32')
     return videomae.VideoMAE(cfg, rngs=nnx.Rngs(config.seed)), cfg, None
-  w = export.load(checkpoint)
+  w = weights.load(checkpoint)
   cfg = dataclasses.replace(w.model, dtype='float32', drop_path=0.0)
   if w.num_classes:
     module = classifier_lib.VideoClassifier(cfg, w.num_classes, rngs=nnx.Rngs(0))
@@ -105,14 +105,14 @@ def evaluate(config, workdir: str) -> dict:
   unknown = sorted(set(tasks) - set(TASKS))
   if unknown:
     raise ValueError(f'unknown task(s) {unknown}; known: {TASKS}')
-  checkpoint = config.checkpoint if config.checkpoint == 'random' else export.pin(config.checkpoint)
+  checkpoint = config.checkpoint if config.checkpoint == 'random' else weights.pin(config.checkpoint)
   module, cfg, num_classes = load_model(config, checkpoint)
-  weights = features.weights_fingerprint(module)
+  fingerprint = features.weights_fingerprint(module)
   train_src = records.data_source(config.data_dir, config.clips_config, 'train')
   test_src = records.data_source(config.data_dir, config.clips_config, 'test')
   if config.pooling not in features.POOLINGS:
     raise ValueError(f'config.pooling: unknown pooling {config.pooling!r}; known: {features.POOLINGS}')
-  results = {'checkpoint': config.checkpoint, 'checkpoint_read': checkpoint, 'weights': weights,
+  results = {'checkpoint': config.checkpoint, 'checkpoint_read': checkpoint, 'weights': fingerprint,
              'model': dataclasses.asdict(cfg), 'data_dir': config.data_dir, 'pooling': config.pooling}
   preds = {}  # task -> (predicted class, label, subject id) per test clip
   frozen = [t for t in tasks if t != 'recognition']
@@ -121,7 +121,7 @@ def evaluate(config, workdir: str) -> dict:
     key = {'checkpoint': os.path.abspath(checkpoint) if checkpoint != 'random' else
            f'random:{cfg}:{config.seed}', 'data_dir': os.path.abspath(config.data_dir),
            'frames': cfg.frames, 'stride': config.stride, 'num_clips': config.num_clips, 'size': cfg.image_size,
-           'pooling': config.pooling, 'weights': weights}
+           'pooling': config.pooling, 'weights': fingerprint}
     feats = {}
     for split, src in (('train', train_src), ('test', test_src)):
       feats[split] = features.cached(

@@ -161,3 +161,10 @@ def interrupt(cmd, workdir, at_step, sig, timeout=240, checkpoint=None):
         proc.wait()
     err.seek(0)
     return proc.returncode, err.read()
+
+
+def recorded_losses(run: str) -> list:
+  """The recorded per-step losses of a reference run ('pretrain' or 'finetune'), tests/data."""
+  import json  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(REPO, 'tests', 'data', 'recorded_losses.json')) as f:
+    return json.load(f)[run]

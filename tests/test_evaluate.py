@@ -13,7 +13,7 @@ from flax import nnx
 
 from mgjax.evals import compare as compare_lib
 from mgjax import evaluate as evaluate_lib
-from mgjax import export
+from mgjax import weights
 from mgjax.data import records
 from mgjax.evals import features, knn, linear_probe, metrics, retrieval
 from mgjax.models import classifier as classifier_lib
@@ -42,7 +42,7 @@ def classifier_dir(tmp_path_factory):
   params = nnx.state(classifier_lib.VideoClassifier(cfg, 32, init_scale=1.0, rngs=nnx.Rngs(0)),
                      nnx.Param).to_pure_dict()
   out = str(tmp_path_factory.mktemp('classifier'))
-  export.write(export.Weights(params, cfg, num_classes=32), 'hf', out)
+  weights.write(weights.Weights(params, cfg, num_classes=32), 'hf', out)
   return out
 
 
@@ -229,11 +229,11 @@ def test_feature_cache_follows_the_weights_not_the_path(built, classifier_dir, t
   # An export written again at the same path (as a workdir that trained on) gets new features, not the
   # cached ones of the old weights.
   ckpt, work = str(tmp_path / 'ckpt'), str(tmp_path / 'eval')
-  w = export.load(classifier_dir)
-  export.write(w, 'hf', ckpt)
+  w = weights.load(classifier_dir)
+  weights.write(w, 'hf', ckpt)
   evaluate_lib.evaluate(_config(ckpt, built, tasks=('knn',)), work)
   params = jax.tree.map(lambda x: np.asarray(x) * 1.5 + 0.01, w.params)
-  export.write(export.Weights(params, w.model, w.num_classes), 'hf', ckpt)
+  weights.write(weights.Weights(params, w.model, w.num_classes), 'hf', ckpt)
   evaluate_lib.evaluate(_config(ckpt, built, tasks=('knn',)), work)
   cache = os.path.join(work, 'features')
   tests = [f[:-5] for f in sorted(os.listdir(cache))
@@ -328,7 +328,7 @@ def test_evaluate_a_fine_tuning_workdir_and_an_encoder_only_export(built, pretra
   _check_classification(r['recognition'])
   assert r['recognition']['views'] == 6
   enc = str(tmp_path / 'encoder')
-  export.write(export.load(pretrain_run), 'orbax', enc)
+  weights.write(weights.load(pretrain_run), 'orbax', enc)
   r_enc = evaluate_lib.evaluate(_config(enc, built, tasks=('knn', 'recognition')), str(tmp_path / 'enc'))
   r_full = evaluate_lib.evaluate(_config(pretrain_run, built, tasks=('knn',)), str(tmp_path / 'full'))
   assert r_enc['knn'] == r_full['knn']  # the encoder alone gives the pretraining model's features

@@ -14,7 +14,7 @@ import torch
 from flax import nnx
 from transformers import VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel
 
-from mgjax import export
+from mgjax import weights
 from mgjax.data import pretrain
 from mgjax.models import classifier as classifier_lib
 from mgjax.models import convert, videomae
@@ -41,10 +41,10 @@ def _no_missing_or_unexpected(info):
 
 
 def test_hf_export_loads_in_transformers_and_matches(workdir, tmp_path):
-  w = export.load(workdir)
+  w = weights.load(workdir)
   assert w.model.size == 'T' and w.num_classes is None
   out = str(tmp_path / 'hf')
-  export.write(w, 'hf', out)
+  weights.write(w, 'hf', out)
   pre, info = VideoMAEForPreTraining.from_pretrained(out, output_loading_info=True)
   assert _no_missing_or_unexpected(info), info
   enc, info = VideoMAEModel.from_pretrained(os.path.join(out, 'encoder'), output_loading_info=True)
@@ -80,10 +80,10 @@ def _split_with(module, params):
 
 @pytest.mark.parametrize('fmt', ['hf', 'official', 'orbax'])
 def test_round_trip_is_exact(workdir, tmp_path, fmt):
-  w = export.load(workdir)
+  w = weights.load(workdir)
   out = str(tmp_path / fmt)
-  export.write(w, fmt, out)
-  back = export.load(out)
+  weights.write(w, fmt, out)
+  back = weights.load(out)
   want = w.params if fmt != 'orbax' else {'encoder': w.params['encoder']}
   assert back.model == w.model and back.encoder_only == (fmt == 'orbax')
   flat_a, flat_b = convert.flatten(want), convert.flatten(back.params)
@@ -94,7 +94,7 @@ def test_round_trip_is_exact(workdir, tmp_path, fmt):
   cli = subprocess.run([sys.executable, '-m', 'mgjax.export', f'--checkpoint={out}', '--format=official',
                         f'--out={tmp_path / "again"}'], cwd=REPO, capture_output=True, text=True)
   assert cli.returncode == 0, cli.stderr[-2000:]
-  again = export.load(str(tmp_path / 'again'))
+  again = weights.load(str(tmp_path / 'again'))
   assert again.encoder_only == (fmt == 'orbax')
   flat_c = convert.flatten(again.params)
   assert flat_c.keys() == flat_a.keys()
@@ -103,9 +103,9 @@ def test_round_trip_is_exact(workdir, tmp_path, fmt):
 
 
 def test_official_layout_keys_and_pth(workdir, tmp_path):
-  w = export.load(workdir)
+  w = weights.load(workdir)
   out = str(tmp_path / 'official')
-  export.write(w, 'official', out)
+  weights.write(w, 'official', out)
   sd = torch.load(os.path.join(out, 'model.pth'))['model']
   d = videomae.SIZES['T'][0]
   assert tuple(sd['encoder.patch_embed.proj.weight'].shape) == (d, 3, 2, 16, 16)
@@ -120,16 +120,16 @@ def test_classifier_exports_to_video_classification(tmp_path):
   cfg = videomae.ModelConfig(size='T', frames=4, image_size=32, dtype='float32')
   model = classifier_lib.VideoClassifier(cfg, 32, init_scale=1.0, rngs=nnx.Rngs(3))
   params = nnx.state(model, nnx.Param).to_pure_dict()
-  w = export.Weights(params, cfg, num_classes=32)
+  w = weights.Weights(params, cfg, num_classes=32)
   out = str(tmp_path / 'hf_cls')
-  export.write(w, 'hf', out)
+  weights.write(w, 'hf', out)
   hf, info = VideoMAEForVideoClassification.from_pretrained(out, output_loading_info=True)
   assert _no_missing_or_unexpected(info), info
   video, pixels, _ = _inputs(cfg)
   with torch.no_grad():
     logits = hf(pixel_values=pixels).logits.numpy()
   np.testing.assert_allclose(logits, np.asarray(model(jnp.asarray(video))), atol=1e-4)
-  back = export.load(out)
+  back = weights.load(out)
   for k, v in convert.flatten(back.params).items():
     np.testing.assert_array_equal(v, np.asarray(convert.flatten(params)[k]), err_msg=k)
   official = convert.to_official(params)
@@ -137,14 +137,14 @@ def test_classifier_exports_to_video_classification(tmp_path):
 
 
 def test_errors_name_the_path_or_the_parameters(workdir, tmp_path):
-  with pytest.raises(export.CheckpointError, match='no such checkpoint: .*nowhere'):
-    export.load(str(tmp_path / 'nowhere'))
+  with pytest.raises(weights.CheckpointError, match='no such checkpoint: .*nowhere'):
+    weights.load(str(tmp_path / 'nowhere'))
   unfinished = tmp_path / 'run' / 'checkpoints' / '7.orbax-checkpoint-tmp-123'
   unfinished.mkdir(parents=True)
-  with pytest.raises(export.CheckpointError, match='unfinished checkpoint'):
-    export.load(str(unfinished))
-  with pytest.raises(export.CheckpointError, match='has no finished checkpoint'):
-    export.load(str(tmp_path / 'run'))
+  with pytest.raises(weights.CheckpointError, match='unfinished checkpoint'):
+    weights.load(str(unfinished))
+  with pytest.raises(weights.CheckpointError, match='has no finished checkpoint'):
+    weights.load(str(tmp_path / 'run'))
   # A checkpoint of one size into a config of another (the workdir says XS, the weights are T).
   cfg = json.load(open(os.path.join(workdir, 'config.json')))
   other = tmp_path / 'other'
@@ -153,34 +153,34 @@ def test_errors_name_the_path_or_the_parameters(workdir, tmp_path):
   cfg['model']['size'] = 'XS'
   json.dump(cfg, open(other / 'config.json', 'w'))
   with pytest.raises(convert.WeightsError) as err:
-    export.load(str(other))
+    weights.load(str(other))
   msg = str(err.value)
   assert str(other / 'checkpoints' / '2') in msg and '26 missing' in msg
   assert 'decoder/blocks/0/attn/qkv/kernel: checkpoint (32, 96), config (64, 192)' in msg
-  sd = convert.to_official(export.load(workdir).params)
+  sd = convert.to_official(weights.load(workdir).params)
   with pytest.raises(convert.WeightsError, match=r'48 wrong shape: .*decoder.blocks.0.attn.qkv.weight: file \(96, 32\), model \(192, 64\)'):
-    convert.from_official(sd, export.template(videomae.ModelConfig(size='XS', frames=4, image_size=32)))
+    convert.from_official(sd, weights.template(videomae.ModelConfig(size='XS', frames=4, image_size=32)))
 
 
 def test_foreign_transformers_and_official_files_load(workdir, tmp_path):
   """Checkpoints mgjax did not write: a transformers directory (as saved by transformers itself) and an
   official .pth file, both usable as fine-tuning init."""
-  w = export.load(workdir)
+  w = weights.load(workdir)
   hf_dir = str(tmp_path / 'hf')
-  export.write(w, 'hf', hf_dir)
+  weights.write(w, 'hf', hf_dir)
   model = VideoMAEForPreTraining.from_pretrained(hf_dir)
   saved = str(tmp_path / 'saved_by_transformers')
   model.save_pretrained(saved)  # transformers' own layout (5.x names), no mgjax_model.json
-  assert not os.path.exists(os.path.join(saved, export.MODEL_JSON))
-  back = export.load(saved)
+  assert not os.path.exists(os.path.join(saved, weights.MODEL_JSON))
+  back = weights.load(saved)
   assert back.model.size == 'T' and back.model.frames == w.model.frames
   for k, v in convert.flatten(back.params).items():
     np.testing.assert_array_equal(v, convert.flatten(w.params)[k], err_msg=k)
-  enc = export.load(os.path.join(hf_dir, 'encoder'))  # a VideoMAEModel directory: the encoder
+  enc = weights.load(os.path.join(hf_dir, 'encoder'))  # a VideoMAEModel directory: the encoder
   assert enc.encoder_only
   official = str(tmp_path / 'official')
-  export.write(w, 'official', official)
-  from_pth = export.load(os.path.join(official, 'model.pth'), frames=w.model.frames,
+  weights.write(w, 'official', official)
+  from_pth = weights.load(os.path.join(official, 'model.pth'), frames=w.model.frames,
                          image_size=w.model.image_size)
   shape = lambda m: (m.size, m.frames, m.image_size, m.patch, m.tubelet, m.decoder_depth)
   assert shape(from_pth.model) == shape(w.model)
@@ -198,9 +198,9 @@ def test_decoder_width_exports_loads_and_matches(tmp_path):
   model = videomae.VideoMAE(cfg, rngs=nnx.Rngs(5))
   params = nnx.state(model, nnx.Param).to_pure_dict()
   assert params['mask_token'].shape == (1, 1, 48)
-  w = export.Weights(params, cfg)
+  w = weights.Weights(params, cfg)
   out = str(tmp_path / 'hf')
-  export.write(w, 'hf', out)
+  weights.write(w, 'hf', out)
   pre, info = VideoMAEForPreTraining.from_pretrained(out, output_loading_info=True)
   assert _no_missing_or_unexpected(info), info
   assert pre.config.decoder_hidden_size == 48 and pre.config.decoder_num_attention_heads == 3
@@ -212,8 +212,8 @@ def test_decoder_width_exports_loads_and_matches(tmp_path):
   saved = str(tmp_path / 'saved_by_transformers')
   pre.save_pretrained(saved)
   official = str(tmp_path / 'official')
-  export.write(w, 'official', official)
-  for back in (export.load(saved), export.load(os.path.join(official, 'model.safetensors'), frames=4,
+  weights.write(w, 'official', official)
+  for back in (weights.load(saved), weights.load(os.path.join(official, 'model.safetensors'), frames=4,
                                                           image_size=32)):
     assert back.model.decoder_width == 48
     for k, v in convert.flatten(back.params).items():
@@ -223,7 +223,7 @@ def test_decoder_width_exports_loads_and_matches(tmp_path):
   json.dump(cfg_json, open(os.path.join(saved, 'config.json'), 'w'))
   with pytest.raises(convert.WeightsError,
                      match=r'saved_by_transformers: decoder_num_attention_heads 2, but .* 3 heads'):
-    export.load(saved)
+    weights.load(saved)
   with pytest.raises(ValueError, match='model.decoder_width=40: not a positive multiple of .*16'):
     videomae.ModelConfig(size='T', decoder_width=40)
 
@@ -263,7 +263,7 @@ def test_transformers_parity_on_random_weights(tmp_path):
   logits, all from weights where a misplaced bias or norm would show."""
   (pre, pre_params), (cls, cls_params) = _random_models()
   out = str(tmp_path / 'pre')
-  export.write(export.Weights(pre_params, RANDOM_CFG), 'hf', out)
+  weights.write(weights.Weights(pre_params, RANDOM_CFG), 'hf', out)
   hf_pre = VideoMAEForPreTraining.from_pretrained(out)
   hf_enc = VideoMAEModel.from_pretrained(os.path.join(out, 'encoder'))
   video, pixels, mask = _inputs(RANDOM_CFG, n=3)
@@ -280,7 +280,7 @@ def test_transformers_parity_on_random_weights(tmp_path):
   np.testing.assert_allclose(res.logits.numpy(), np.asarray(pred), atol=2e-4, rtol=1e-4)
   assert float(res.loss) == pytest.approx(float(videomae.loss_fn(pred, target)), rel=1e-5)
   out = str(tmp_path / 'cls')
-  export.write(export.Weights(cls_params, RANDOM_CFG, num_classes=5), 'hf', out)
+  weights.write(weights.Weights(cls_params, RANDOM_CFG, num_classes=5), 'hf', out)
   hf_cls = VideoMAEForVideoClassification.from_pretrained(out)
   with torch.no_grad():
     logits = hf_cls(pixel_values=pixels).logits.numpy()
@@ -300,7 +300,7 @@ def test_official_layout_loads_into_modules_built_from_official_names(tmp_path):
   pixels = pixels.permute(0, 2, 1, 3, 4)  # official: (B, C, T, H, W)
   for params, num_classes in ((pre_params, None), (cls_params, 5)):
     out = str(tmp_path / ('cls' if num_classes else 'pre'))
-    export.write(export.Weights(params, RANDOM_CFG, num_classes=num_classes), 'official', out)
+    weights.write(weights.Weights(params, RANDOM_CFG, num_classes=num_classes), 'official', out)
     sd = torch.load(os.path.join(out, 'model.pth'))['model']
     if num_classes:
       module = ref.FinetunedVideoMAE(dim, depth, heads, 16, 2, n, num_classes)
@@ -314,7 +314,7 @@ def test_official_layout_loads_into_modules_built_from_official_names(tmp_path):
   for wrapper in ('module', 'state_dict'):
     path = str(tmp_path / f'{wrapper}.pth')
     torch.save({wrapper: sd, 'epoch': 3}, path)
-    back = export.load(path, frames=RANDOM_CFG.frames, image_size=RANDOM_CFG.image_size)
+    back = weights.load(path, frames=RANDOM_CFG.frames, image_size=RANDOM_CFG.image_size)
     assert back.num_classes == 5 and back.model.size == 'T'
     for k, v in convert.flatten(back.params).items():
       np.testing.assert_array_equal(v, convert.flatten(cls_params)[k], err_msg=(wrapper, k))
@@ -326,9 +326,9 @@ def test_h_size_exports_every_transformers_and_official_name_with_its_shape():
   from tests import torch_reference as ref  # pylint: disable=g-import-not-at-top
   from transformers import VideoMAEConfig  # pylint: disable=g-import-not-at-top
   cfg = videomae.ModelConfig(size='H')
-  tmpl = export.template(cfg)
+  tmpl = weights.template(cfg)
   zeros = jax.tree.map(lambda a: np.broadcast_to(np.zeros((), np.int8), a.shape), tmpl)
-  hf_cfg = export.hf_config(cfg, None)
+  hf_cfg = weights.hf_config(cfg, None)
   with torch.device('meta'):
     hf = VideoMAEForPreTraining(VideoMAEConfig(**hf_cfg))
     official = ref.PretrainVideoMAE(1280, 32, 16, 640, 12, 8, 16, 2, cfg.num_tokens)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from transformers import VideoMAEForVideoClassification
 
-from mgjax import export
+from mgjax import weights
 from mgjax.data import finetune as data_lib
 from mgjax.data import records
 from mgjax.models import convert, videomae
@@ -48,10 +48,10 @@ def test_finetune_from_pretraining_resumes_and_exports(built, pretrain_run, fine
   assert f'Fine-tuning T from {pretrain_run}' in out.stderr and 'test top-1' in out.stderr
   assert json.load(open(os.path.join(run, 'run_info.json')))['init_read'] == read  # kept on resume
   # A fine-tuned checkpoint exports to VideoMAEForVideoClassification.
-  w = export.load(run)
+  w = weights.load(run)
   assert w.num_classes == 32
   hf_dir = str(tmp_path / 'hf')
-  export.write(w, 'hf', hf_dir)
+  weights.write(w, 'hf', hf_dir)
   model, info = VideoMAEForVideoClassification.from_pretrained(hf_dir, output_loading_info=True)
   assert not info['missing_keys'] and not info['unexpected_keys']
   assert model.config.num_labels == 32
@@ -70,6 +70,8 @@ def test_sigterm_sigkill_and_other_worker_counts_resume_exactly(built, pretrain_
   assert out.returncode == 0, out.stderr[-3000:]
   want = helpers.losses(ref)
   assert sorted(want) == list(range(1, steps + 1)) and sorted(_evals(ref)) == [8, 16]
+  np.testing.assert_allclose([want[s] for s in range(1, steps + 1)], helpers.recorded_losses('finetune'),
+                             rtol=2e-4)  # as recorded: what the code computes has not changed
   run = str(tmp_path / 'interrupted')
   status, err = helpers.interrupt(_cmd(built, pretrain_run, run, steps, *extra), run, 5, signal.SIGTERM)
   assert status == 0, err[-3000:]
@@ -149,7 +151,7 @@ def test_init_takes_the_encoder_and_keeps_the_new_head(pretrain_run):
   fns = ft.ClassifierFns.create(cfg, 32, 0.001)
   fresh = fns.init(0)
   params = ft.init_from_pretrained(fresh, pretrain_run, cfg)
-  pre = export.load(pretrain_run).params['encoder']
+  pre = weights.load(pretrain_run).params['encoder']
   np.testing.assert_array_equal(params['encoder']['blocks'][1]['mlp']['fc2']['kernel'],
                                 pre['blocks'][1]['mlp']['fc2']['kernel'])
   np.testing.assert_array_equal(params['head']['kernel'], fresh['head']['kernel'])

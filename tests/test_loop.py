@@ -41,6 +41,8 @@ def reference(built, tmp_path_factory):
   want = helpers.losses(ref)
   assert sorted(want) == list(range(1, 41))
   assert np.mean([want[s] for s in range(31, 41)]) < np.mean([want[s] for s in range(1, 11)])
+  # The losses as recorded: what the code computes has not changed (rtol: another CPU's rounding).
+  np.testing.assert_allclose([want[s] for s in range(1, 41)], helpers.recorded_losses('pretrain'), rtol=2e-4)
   return want
 
 

@@ -18,7 +18,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from mgjax import export
+from mgjax import weights
 from mgjax.data import finetune as data_lib
 from mgjax.data import records
 from mgjax.evals import features, metrics as eval_metrics
@@ -125,7 +125,7 @@ def init_from_pretrained(params: dict, path: str, cfg: videomae.ModelConfig) -> 
   """Encoder weights from a pretraining checkpoint, an export, or a fine-tuned model; fc_norm and head
   stay as initialised. The pretraining encoder's final norm has no place under mean pooling (as in the
   official fine-tuning code) and is dropped."""
-  w = export.load(path, frames=cfg.frames, image_size=cfg.image_size)
+  w = weights.load(path, frames=cfg.frames, image_size=cfg.image_size)
   if (w.model.size, w.model.patch, w.model.tubelet) != (cfg.size, cfg.patch, cfg.tubelet):
     raise convert.WeightsError(
         f'{path}: a {w.model.size} model (patch {w.model.patch}, tubelet {w.model.tubelet}) cannot initialise '
@@ -218,7 +218,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     init_read = (json.load(open(info_path)).get('init_read', config.init) if os.path.exists(info_path)
                  else config.init)
   else:
-    init_read = export.pin(config.init) if config.init else ''
+    init_read = weights.pin(config.init) if config.init else ''
     if init_read != config.init and jax.process_count() > 1:
       # every process reads the step process 0 pinned, even if the workdir saved another one meanwhile
       step = int(multihost_utils.broadcast_one_to_all(np.int32(os.path.basename(init_read))))

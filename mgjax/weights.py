@@ -1,0 +1,307 @@
+"""Weights as a library: reading mgjax checkpoints, exported directories, transformers VideoMAE directories
+and official MCG-NJU files, and writing the export formats. No flags: the export binary (mgjax.export),
+fine-tuning and evaluation load weights through here.
+
+  hf        DIR/config.json + DIR/model.safetensors: VideoMAEForPreTraining (a pretraining checkpoint) or
+            VideoMAEForVideoClassification (a classifier); DIR/encoder/ the same for VideoMAEModel.
+  official  DIR/model.safetensors with the MCG-NJU keys (and DIR/model.pth, {'model': state_dict}, when
+            torch is installed).
+  orbax     DIR/encoder: a parameters-only orbax checkpoint of the encoder.
+Each also writes DIR/mgjax_model.json (the model config), so the directory imports back exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import jax
+import numpy as np
+from flax import nnx
+
+from mgjax.models import classifier as classifier_lib
+from mgjax.models import convert
+from mgjax.models import videomae
+
+MODEL_JSON = 'mgjax_model.json'
+
+
+class CheckpointError(ValueError):
+  """A checkpoint path that is missing, unfinished or not a checkpoint."""
+
+
+@dataclasses.dataclass
+class Weights:
+  params: dict
+  model: videomae.ModelConfig
+  num_classes: Optional[int] = None  # a classifier's; None for a pretraining model
+  encoder_only: bool = False
+
+
+# ---- templates ------------------------------------------------------------------------------------------
+
+def template(model: videomae.ModelConfig, num_classes: Optional[int] = None) -> dict:
+  """Abstract parameter dict of the pretraining model, or of the classifier when num_classes is set."""
+  if num_classes:
+    m = nnx.eval_shape(lambda: classifier_lib.VideoClassifier(model, num_classes, rngs=nnx.Rngs(0)))
+  else:
+    m = nnx.eval_shape(lambda: videomae.VideoMAE(model, rngs=nnx.Rngs(0)))
+  return nnx.state(m, nnx.Param).to_pure_dict()
+
+
+# ---- reading mgjax checkpoints ----------------------------------------------------------------------------
+
+def resolve_checkpoint(path: str) -> tuple[str, str]:
+  """-> (checkpoint dir, workdir). Errors name the path when it is missing or unfinished."""
+  path = os.path.abspath(path)
+  if not os.path.exists(path):
+    raise CheckpointError(f'no such checkpoint: {path}')
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    steps = sorted(int(s) for s in os.listdir(os.path.join(path, 'checkpoints')) if s.isdigit())
+    if not steps:
+      raise CheckpointError(f'{path} has no finished checkpoint in {os.path.join(path, "checkpoints")}')
+    return os.path.join(path, 'checkpoints', str(steps[-1])), path
+  if 'orbax-checkpoint-tmp' in os.path.basename(path):
+    raise CheckpointError(f'{path} is an unfinished checkpoint (the run stopped while writing it)')
+  if not os.path.isdir(os.path.join(path, 'state')):
+    raise CheckpointError(f'{path} is not an mgjax checkpoint (no state/ inside)')
+  return path, os.path.dirname(os.path.dirname(path))
+
+
+def pin(path: str) -> str:
+  """A workdir -> its latest checkpoint at this moment (WORKDIR/checkpoints/STEP), so that what a run
+  reads and records stays the same while the workdir trains on; any other path as it is."""
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    return resolve_checkpoint(path)[0]
+  return path
+
+
+def _model_from_workdir(workdir: str) -> tuple[videomae.ModelConfig, Optional[int]]:
+  cfg_path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(cfg_path):
+    raise CheckpointError(f'{cfg_path} is missing: cannot tell the model of the checkpoint')
+  cfg = json.load(open(cfg_path))
+  model = videomae.ModelConfig(**{k: v for k, v in cfg['model'].items()
+                                  if k in {f.name for f in dataclasses.fields(videomae.ModelConfig)}})
+  return model, cfg.get('num_classes') or None
+
+
+def restore_numpy(directory: str, key: Optional[str] = None):
+  """An orbax PyTree checkpoint (or its entry `key` alone) as numpy arrays on this host.
+
+  Without a target, orbax would rebuild each array with the sharding it was saved with, which names the
+  saving run's devices: a process of another run (fine-tuning on several hosts) may not have them.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  ckptr = ocp.PyTreeCheckpointer()
+  meta = ckptr.metadata(directory)
+  meta = getattr(meta, 'item_metadata', meta)
+  meta = getattr(meta, 'tree', meta)
+  meta = {key: meta[key]} if key else meta
+  item = jax.tree.map(lambda _: np.zeros((), np.float32), meta)
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+  restored = ckptr.restore(directory, args=ocp.args.PyTreeRestore(item=item, restore_args=args,
+                                                                   partial_restore=bool(key)))
+  return restored[key] if key else restored
+
+
+def load_mgjax_checkpoint(path: str) -> Weights:
+  ckpt, workdir = resolve_checkpoint(path)
+  model, num_classes = _model_from_workdir(workdir)
+  params = _normalize(restore_numpy(os.path.join(ckpt, 'state'), 'params'))
+  _check_against(params, template(model, num_classes), ckpt)
+  return Weights(params, model, num_classes)
+
+
+def _normalize(tree) -> dict:
+  """numpy leaves, and list indices as ints (orbax stores the keys of blocks.{i} as strings)."""
+  return convert.unflatten({k: np.asarray(v) for k, v in convert.flatten(tree).items()})
+
+
+def _check_against(params: dict, tmpl: dict, where: str):
+  got, want = convert.flatten(params), convert.flatten(tmpl)
+  bad = [f'{p}: checkpoint {tuple(np.shape(got[p]))}, config {tuple(want[p].shape)}'
+         for p in sorted(set(got) & set(want)) if tuple(np.shape(got[p])) != tuple(want[p].shape)]
+  missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+  if bad or missing or extra:
+    raise convert.WeightsError(
+        f'{where}: weights do not fit the config (a checkpoint of another size?): '
+        f'{len(bad)} mis-shaped {bad[:6]}, {len(missing)} missing {missing[:6]}, {len(extra)} unexpected '
+        f'{extra[:6]}')
+
+
+# ---- exported directories -------------------------------------------------------------------------------
+
+def _write_model_json(out: str, w: Weights, fmt: str):
+  with open(os.path.join(out, MODEL_JSON), 'w') as f:
+    json.dump({'format': fmt, 'model': dataclasses.asdict(w.model), 'num_classes': w.num_classes,
+               'encoder_only': w.encoder_only}, f, indent=2)
+
+
+def hf_config(model: videomae.ModelConfig, num_classes: Optional[int]) -> dict:
+  dim, depth, heads = videomae.SIZES[model.size][:3]
+  ddim, dheads, ddepth = model.decoder
+  c = {'model_type': 'videomae',
+       'architectures': ['VideoMAEForVideoClassification' if num_classes else 'VideoMAEForPreTraining'],
+       'image_size': model.image_size, 'patch_size': model.patch, 'num_channels': 3,
+       'num_frames': model.frames, 'tubelet_size': model.tubelet, 'hidden_size': dim,
+       'num_hidden_layers': depth, 'num_attention_heads': heads, 'intermediate_size': 4 * dim,
+       'hidden_act': 'gelu', 'hidden_dropout_prob': 0.0, 'attention_probs_dropout_prob': 0.0,
+       'initializer_range': 0.02, 'layer_norm_eps': 1e-6, 'qkv_bias': True,
+       'use_mean_pooling': bool(num_classes), 'decoder_num_attention_heads': dheads,
+       'decoder_hidden_size': ddim, 'decoder_num_hidden_layers': ddepth, 'decoder_intermediate_size': 4 * ddim,
+       'norm_pix_loss': True, 'torch_dtype': 'float32'}
+  if num_classes:
+    c['id2label'] = {str(i): f'C{i + 1}' for i in range(num_classes)}
+    c['label2id'] = {v: int(k) for k, v in c['id2label'].items()}
+  return c
+
+
+def _save_safetensors(sd: dict, path: str):
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sd.items()}, path)
+
+
+def write(w: Weights, fmt: str, out: str):
+  os.makedirs(out, exist_ok=True)
+  if fmt == 'hf':
+    if w.encoder_only:
+      raise ValueError('an encoder-only checkpoint cannot be written as a full transformers model')
+    sd = convert.to_hf(w.params)
+    with open(os.path.join(out, 'config.json'), 'w') as f:
+      json.dump(hf_config(w.model, w.num_classes), f, indent=2)
+    _save_safetensors(sd, os.path.join(out, 'model.safetensors'))
+    enc_dir = os.path.join(out, 'encoder')  # what VideoMAEModel loads with no unexpected keys
+    os.makedirs(enc_dir, exist_ok=True)
+    enc_cfg = hf_config(w.model, w.num_classes)
+    enc_cfg['architectures'] = ['VideoMAEModel']
+    with open(os.path.join(enc_dir, 'config.json'), 'w') as f:
+      json.dump(enc_cfg, f, indent=2)
+    _save_safetensors({k[len('videomae.'):]: v for k, v in sd.items() if k.startswith('videomae.')},
+                      os.path.join(enc_dir, 'model.safetensors'))
+  elif fmt == 'official':
+    sd = convert.to_official(w.params)
+    _save_safetensors(sd, os.path.join(out, 'model.safetensors'))
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+      torch.save({'model': {k: torch.from_numpy(np.array(v, np.float32)) for k, v in sd.items()}},
+                 os.path.join(out, 'model.pth'))
+    except ImportError:
+      pass
+  elif fmt == 'orbax':
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    enc = w.params['encoder']
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(os.path.join(os.path.abspath(out), 'encoder'), enc, force=True)
+    w = dataclasses.replace(w, params={'encoder': enc}, encoder_only=True)
+  else:
+    raise ValueError(f'unknown format {fmt!r}: hf, official or orbax')
+  _write_model_json(out, w, fmt)
+
+
+def _read_safetensors(path: str) -> dict:
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  return load_file(path)
+
+
+def _size_of(dim: int, depth: int, where: str) -> str:
+  for name, s in videomae.SIZES.items():
+    if s[0] == dim and s[1] == depth:
+      return name
+  raise convert.WeightsError(f'{where}: no model size has width {dim} and depth {depth} '
+                             f'(known: { {k: v[:2] for k, v in videomae.SIZES.items()} })')
+
+
+def _decoder_width(size: str, width: Optional[int], where: str) -> Optional[int]:
+  """None for the size's own decoder width (or none stored), else the width, checked."""
+  if width is None or width == videomae.SIZES[size][3]:
+    return None
+  try:
+    return videomae.ModelConfig(size=size, decoder_width=int(width)).decoder_width
+  except ValueError as e:
+    raise convert.WeightsError(f'{where}: {e}') from None
+
+
+def _load_foreign_hf(path: str) -> Weights:
+  """A transformers VideoMAE directory that mgjax did not write (e.g. one from the Hub)."""
+  c = json.load(open(os.path.join(path, 'config.json')))
+  size = _size_of(c['hidden_size'], c['num_hidden_layers'], path)
+  model = videomae.ModelConfig(size=size, frames=c.get('num_frames', 16), image_size=c.get('image_size', 224),
+                               patch=c.get('patch_size', 16), tubelet=c.get('tubelet_size', 2),
+                               decoder_depth=c.get('decoder_num_hidden_layers'),
+                               decoder_width=_decoder_width(size, c.get('decoder_hidden_size'), path))
+  if c.get('decoder_num_attention_heads', model.decoder[1]) != model.decoder[1]:
+    raise convert.WeightsError(
+        f"{path}: decoder_num_attention_heads {c['decoder_num_attention_heads']}, but mgjax's {size} decoder "
+        f"of width {model.decoder[0]} has {model.decoder[1]} heads")
+  classifier = any('Classification' in a for a in c.get('architectures', []))
+  num_classes = len(c.get('id2label', {})) or c.get('num_labels') if classifier else None
+  files = [f for f in ('model.safetensors', 'pytorch_model.bin') if os.path.exists(os.path.join(path, f))]
+  if not files:
+    raise CheckpointError(f'{path}: no model.safetensors or pytorch_model.bin')
+  sd = _read_state_dict(os.path.join(path, files[0]))
+  if not classifier and not any(k.startswith('decoder.') for k in sd):  # a VideoMAEModel: encoder only
+    sd = {k if k.startswith('videomae.') else 'videomae.' + k: v for k, v in sd.items()}
+    tmpl = {'encoder': template(model)['encoder']}
+    names = set(convert.to_hf(jax.tree.map(lambda x: np.zeros(x.shape, np.float32), tmpl)))
+    params = convert.from_hf({k: v for k, v in sd.items() if k in names}, tmpl)
+    return Weights(params, model, None, encoder_only=True)
+  return Weights(convert.from_hf(sd, template(model, num_classes)), model, num_classes)
+
+
+def _read_state_dict(path: str) -> dict:
+  if path.endswith('.safetensors'):
+    return _read_safetensors(path)
+  import torch  # pylint: disable=g-import-not-at-top
+  sd = torch.load(path, map_location='cpu', weights_only=True)
+  sd = convert._unwrap(sd)  # pylint: disable=protected-access
+  return {k: v.float().numpy() for k, v in sd.items()}
+
+
+def _load_official_file(path: str, frames: int = 16, image_size: int = 224) -> Weights:
+  """An official MCG-NJU checkpoint file (.pth / .safetensors; pretraining or fine-tuned layout). Frames
+  and image size are not stored in it (no position table): they come from the caller."""
+  sd = convert._unwrap(_read_state_dict(path))  # pylint: disable=protected-access
+  finetuned = 'head.weight' in sd
+  pre = '' if finetuned else 'encoder.'
+  w = sd[f'{pre}patch_embed.proj.weight']
+  depth = len({k.split('.')[1 + (not finetuned)] for k in sd if k.startswith(f'{pre}blocks.')})
+  ddepth = len({k.split('.')[2] for k in sd if k.startswith('decoder.blocks.')}) or None
+  size = _size_of(w.shape[0], depth, path)
+  dwidth = _decoder_width(size, sd['mask_token'].shape[-1], path) if 'mask_token' in sd else None
+  model = videomae.ModelConfig(size=size, frames=frames, image_size=image_size, patch=w.shape[-1],
+                               tubelet=w.shape[2], decoder_depth=ddepth, decoder_width=dwidth)
+  num_classes = sd['head.weight'].shape[0] if finetuned else None
+  return Weights(convert.from_official(sd, template(model, num_classes)), model, num_classes)
+
+
+def load(path: str, frames: int = 16, image_size: int = 224) -> Weights:
+  """Weights from an mgjax workdir or checkpoint, a directory `write` made, a transformers VideoMAE
+  directory, or an official checkpoint file (whose frames and image size the caller gives)."""
+  meta_path = os.path.join(path, MODEL_JSON)
+  if os.path.isfile(path):
+    return _load_official_file(path, frames, image_size)
+  if not os.path.exists(meta_path):
+    if os.path.exists(os.path.join(path, 'config.json')) and json.load(
+        open(os.path.join(path, 'config.json'))).get('model_type') == 'videomae':
+      return _load_foreign_hf(path)
+    return load_mgjax_checkpoint(path)
+  meta = json.load(open(meta_path))
+  model = videomae.ModelConfig(**meta['model'])
+  num_classes = meta.get('num_classes')
+  tmpl = template(model, num_classes)
+  encoder_only = bool(meta.get('encoder_only'))
+  if encoder_only:
+    tmpl = {'encoder': tmpl['encoder']}
+  if meta['format'] == 'hf':
+    params = convert.from_hf(_read_safetensors(os.path.join(path, 'model.safetensors')), tmpl)
+  elif meta['format'] == 'official':
+    params = convert.from_official(_read_safetensors(os.path.join(path, 'model.safetensors')), tmpl)
+  elif meta['format'] == 'orbax':
+    params = {'encoder': _normalize(restore_numpy(os.path.join(os.path.abspath(path), 'encoder')))}
+    _check_against(params, tmpl, path)
+  else:
+    raise CheckpointError(f'{meta_path}: unknown format {meta["format"]!r}')
+  return Weights(params, model, num_classes, encoder_only=encoder_only)
