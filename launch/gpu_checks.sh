@@ -51,8 +51,8 @@ log "nproc $(nproc)"
 for s in $SEEDS; do
   JAX_PLATFORMS=cpu $PY -c "
 from mgjax import config as c
-from mgjax.train import loop
-loop.prepare_demo_data('$W/s$s', dict(c.$SAMPLE, seed=$s))" > "$W/data$s.log" 2>&1 &
+from mgjax.data import demo
+demo.prepare('$W/s$s', dict(c.$SAMPLE, seed=$s))" > "$W/data$s.log" 2>&1 &
 done
 
 bench() {

@@ -141,7 +141,8 @@ def _write_model_json(out: str, w: Weights, fmt: str):
 
 
 def hf_config(model: videomae.ModelConfig, num_classes: Optional[int]) -> dict:
-  dim, depth, heads = videomae.SIZES[model.size][:3]
+  s = videomae.SIZES[model.size]
+  dim, depth, heads = s.dim, s.depth, s.heads
   ddim, dheads, ddepth = model.decoder
   c = {'model_type': 'videomae',
        'architectures': ['VideoMAEForVideoClassification' if num_classes else 'VideoMAEForPreTraining'],
@@ -208,15 +209,15 @@ def _read_safetensors(path: str) -> dict:
 
 def _size_of(dim: int, depth: int, where: str) -> str:
   for name, s in videomae.SIZES.items():
-    if s[0] == dim and s[1] == depth:
+    if s.dim == dim and s.depth == depth:
       return name
   raise convert.WeightsError(f'{where}: no model size has width {dim} and depth {depth} '
-                             f'(known: { {k: v[:2] for k, v in videomae.SIZES.items()} })')
+                             f'(known: { {k: (v.dim, v.depth) for k, v in videomae.SIZES.items()} })')
 
 
 def _decoder_width(size: str, width: Optional[int], where: str) -> Optional[int]:
   """None for the size's own decoder width (or none stored), else the width, checked."""
-  if width is None or width == videomae.SIZES[size][3]:
+  if width is None or width == videomae.SIZES[size].decoder_dim:
     return None
   try:
     return videomae.ModelConfig(size=size, decoder_width=int(width)).decoder_width

@@ -107,12 +107,12 @@ def test_official_layout_keys_and_pth(workdir, tmp_path):
   out = str(tmp_path / 'official')
   weights.write(w, 'official', out)
   sd = torch.load(os.path.join(out, 'model.pth'))['model']
-  d = videomae.SIZES['T'][0]
+  d = videomae.SIZES['T'].dim
   assert tuple(sd['encoder.patch_embed.proj.weight'].shape) == (d, 3, 2, 16, 16)
   assert tuple(sd['encoder.blocks.0.attn.qkv.weight'].shape) == (3 * d, d)
   assert 'encoder.blocks.0.attn.q_bias' in sd and 'encoder.blocks.0.attn.qkv.bias' not in sd
   assert 'encoder_to_decoder.weight' in sd and 'encoder_to_decoder.bias' not in sd
-  assert tuple(sd['mask_token'].shape) == (1, 1, videomae.SIZES['T'][3])
+  assert tuple(sd['mask_token'].shape) == (1, 1, videomae.SIZES['T'].decoder_dim)
   assert not any('pos_embed' in k for k in sd)
 
 
@@ -293,7 +293,8 @@ def test_official_layout_loads_into_modules_built_from_official_names(tmp_path):
   wrapped as DeepSpeed ('module') and Lightning ('state_dict') write it."""
   from tests import torch_reference as ref  # pylint: disable=g-import-not-at-top
   (pre, pre_params), (cls, cls_params) = _random_models()
-  dim, depth, heads = videomae.SIZES['T'][:3]
+  t = videomae.SIZES['T']
+  dim, depth, heads = t.dim, t.depth, t.heads
   ddim, dheads, ddepth = RANDOM_CFG.decoder
   n = RANDOM_CFG.num_tokens
   video, pixels, mask = _inputs(RANDOM_CFG, n=3)

@@ -18,7 +18,7 @@ class VideoClassifier(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, num_classes: int, *, init_scale: float = 0.001, rngs: nnx.Rngs):
     self.cfg = cfg
-    dim = SIZES[cfg.size][0]
+    dim = SIZES[cfg.size].dim
     dtype = jnp.dtype(cfg.dtype)
     self.encoder = videomae.Encoder(cfg, final_norm=False, rngs=rngs)  # fc_norm comes after pooling
     self.fc_norm = nnx.LayerNorm(dim, epsilon=1e-5, dtype=dtype, rngs=rngs)

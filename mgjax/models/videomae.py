@@ -7,7 +7,7 @@ Shapes follow REFERENCE.md section 2. Module and parameter names follow the offi
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -19,14 +19,22 @@ from mgjax.models import vit
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
-# name: (dim, depth, heads, decoder dim, decoder heads, decoder depth of the official scripts (L and H: 12))
+class Size(NamedTuple):
+  dim: int
+  depth: int
+  heads: int
+  decoder_dim: int
+  decoder_heads: int
+  decoder_depth: int  # the official scripts' (L and H: 12)
+
+
 SIZES = {
-    'T': (64, 2, 2, 32, 2, 1),  # tests
-    'XS': (128, 4, 4, 64, 2, 2),  # the CPU demo
-    'S': (384, 12, 6, 192, 3, 4),
-    'B': (768, 12, 12, 384, 6, 4),
-    'L': (1024, 24, 16, 512, 8, 12),
-    'H': (1280, 32, 16, 640, 8, 12),
+    'T': Size(64, 2, 2, 32, 2, 1),  # tests
+    'XS': Size(128, 4, 4, 64, 2, 2),  # the CPU demo
+    'S': Size(384, 12, 6, 192, 3, 4),
+    'B': Size(768, 12, 12, 384, 6, 4),
+    'L': Size(1024, 24, 16, 512, 8, 12),
+    'H': Size(1280, 32, 16, 640, 8, 12),
 }
 
 
@@ -49,7 +57,7 @@ class ModelConfig:
   def __post_init__(self):
     if self.size not in SIZES:
       raise ValueError(f'model.size: unknown {self.size!r}; known: {tuple(SIZES)}')
-    dim, heads = SIZES[self.size][3:5]
+    dim, heads = SIZES[self.size].decoder_dim, SIZES[self.size].decoder_heads
     if self.decoder_width is not None and (self.decoder_width <= 0 or self.decoder_width % (dim // heads)):
       raise ValueError(f'model.decoder_width={self.decoder_width}: not a positive multiple of size '
                        f'{self.size}\'s decoder head width {dim // heads}')
@@ -57,7 +65,8 @@ class ModelConfig:
   @property
   def decoder(self) -> tuple[int, int, int]:
     """The decoder's (width, heads, depth): the size's own unless decoder_width / decoder_depth are set."""
-    dim, heads, depth = SIZES[self.size][3:]
+    s = SIZES[self.size]
+    dim, heads, depth = s.decoder_dim, s.decoder_heads, s.decoder_depth
     width = self.decoder_width if self.decoder_width is not None else dim
     return (width, width // (dim // heads), self.decoder_depth if self.decoder_depth is not None else depth)
 
@@ -84,7 +93,8 @@ class Encoder(nnx.Module):
   """Patch embedding + fixed position table + blocks (+ the final norm; a classifier has fc_norm instead)."""
 
   def __init__(self, cfg: ModelConfig, *, final_norm: bool = True, rngs: nnx.Rngs):
-    dim, depth, heads = SIZES[cfg.size][:3]
+    s = SIZES[cfg.size]
+    dim, depth, heads = s.dim, s.depth, s.heads
     dtype = jnp.dtype(cfg.dtype)
     self.patch_embed = vit.PatchEmbed(dim, cfg.patch, cfg.tubelet, dtype=dtype, rngs=rngs)
     self.blocks = vit.make_blocks(dim, depth, heads, drop_path=cfg.drop_path, dtype=dtype,
@@ -131,7 +141,7 @@ class VideoMAE(nnx.Module):
     self.cfg = cfg
     dec_dim = cfg.decoder[0]
     self.encoder = Encoder(cfg, rngs=rngs)
-    self.encoder_to_decoder = nnx.Linear(SIZES[cfg.size][0], dec_dim, use_bias=False,
+    self.encoder_to_decoder = nnx.Linear(SIZES[cfg.size].dim, dec_dim, use_bias=False,
                                          kernel_init=nnx.initializers.xavier_uniform(),
                                          dtype=jnp.dtype(cfg.dtype), rngs=rngs)
     self.mask_token = nnx.Param(jax.random.truncated_normal(rngs.params(), -2, 2, (1, 1, dec_dim)) * 0.02)

@@ -19,6 +19,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from mgjax import weights
+from mgjax.data import demo
 from mgjax.data import finetune as data_lib
 from mgjax.data import records
 from mgjax.evals import features, metrics as eval_metrics
@@ -168,7 +169,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   model_cfg = videomae.ModelConfig(**config.model.to_dict())
   data_dir = config.data.data_dir
   if not data_dir:
-    data_dir = pretrain_loop.prepare_demo_data(workdir, config.demo_sample.to_dict())
+    data_dir = demo.prepare(workdir, config.demo_sample.to_dict())
   train_src = records.data_source(data_dir, config.data.name, 'train')
   test_src = records.data_source(data_dir, config.data.name, 'test')
   labels = data_lib.read_labels(data_dir, config.data.name, 'train', train_src)
@@ -203,7 +204,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   o = config.optim
   lr_fn = optim.schedule(base_lr=o.base_lr, min_lr=o.min_lr, global_batch=config.global_batch,
                          warmup_steps=warmup, total_steps=total_steps)
-  depth = videomae.SIZES[model_cfg.size][1]
+  depth = videomae.SIZES[model_cfg.size].depth
   scales = layer_scales(jax.eval_shape(lambda: fns.init(0)), depth, o.layer_decay)
   tx = optax.chain(optim.make_optimizer(lr_fn, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
                                         clip_norm=o.clip_norm), scale_updates(scales))

@@ -20,6 +20,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from mgjax.data import demo
 from mgjax.data import pretrain as pipeline
 from mgjax.data import records
 from mgjax.models.videomae import ModelConfig
@@ -52,28 +53,6 @@ def pipeline_config(config, data_dir: str, model_cfg: ModelConfig) -> pipeline.P
                                      num_repeats=d.num_repeats),
       grid=model_cfg.grid, mask_ratio=model_cfg.mask_ratio,
       mask_type=model_cfg.mask_type, workers=d.workers, prefetch=d.prefetch)
-
-
-def prepare_demo_data(workdir: str, sample_args: dict) -> str:
-  """Generates the sample dataset and builds its records (pretrain, and clips for evaluation) into
-  workdir/demo_data, once."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from tfds_imigue3k import imigue3k_dataset_builder as builder_lib  # pylint: disable=g-import-not-at-top
-  from tfds_imigue3k import sample  # pylint: disable=g-import-not-at-top
-  root = os.path.join(workdir, 'demo_data')
-  manual, data = os.path.join(root, 'manual'), os.path.join(root, 'records')
-  if jax.process_index() == 0:
-    if not os.path.exists(os.path.join(manual, 'sample_truth.json')):
-      logging.info('No data_dir given: generating the sample dataset in %s', manual)
-      sample.generate(manual, **sample_args)
-    for name in ('pretrain', 'clips'):
-      builder = builder_lib.Builder(config=name, data_dir=data)
-      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual),
-                                   file_format='array_record')
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices('demo data ready')
-  return data
 
 
 def git_revision() -> str:
@@ -125,7 +104,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---- Input.
   model_cfg = model_config(config)
-  data_dir = config.data.data_dir or prepare_demo_data(workdir, config.demo_sample.to_dict())
+  data_dir = config.data.data_dir or demo.prepare(workdir, config.demo_sample.to_dict())
   source = records.data_source(data_dir, config.data.name, config.data.split)
   pcfg = pipeline_config(config, data_dir, model_cfg)
   steps_per_epoch = max(1, len(source) * config.data.num_repeats // config.global_batch)
