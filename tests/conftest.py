@@ -7,7 +7,7 @@ import tempfile
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
-# One persistent compilation cache for the whole session, this process and every training subprocess it
+# One persistent compilation cache for the whole test run, this process and every training subprocess it
 # starts (they inherit the environment): the many short runs of the same tiny model compile once.
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   _cache = tempfile.mkdtemp(prefix='mgjax-tests-xla-cache-')

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -118,10 +123,8 @@ def free_port() -> int:
 def finetune_cmd(built, init, workdir, steps, *extra):
   """mgjax.finetune of the tiny T model on the built sample, with the full VideoMAE augmentation (which
   configs/finetune_demo.py turns off for its 64-pixel clips)."""
-  import sys  # pylint: disable=g-import-not-at-top
   return [sys.executable, '-m', 'mgjax.finetune', '--config=configs/finetune_demo.py',
-          f'--config.init={init}',
-          f'--workdir={workdir}', f'--config.data.data_dir={built}', '--config.model.size=T',
+          f'--config.init={init}', f'--workdir={workdir}', f'--config.data.data_dir={built}', '--config.model.size=T',
           '--config.model.frames=4', '--config.model.image_size=32', '--config.global_batch=8',
           '--config.data.workers=0', f'--config.total_steps={steps}', '--config.checkpoint.every_steps=3',
           '--config.eval_every=3', '--config.eval_limit=8', '--config.log_every=1',
@@ -143,9 +146,6 @@ def wait_for_checkpoint(workdir, proc, step, timeout=240):
 def interrupt(cmd, workdir, at_step, sig, timeout=240, checkpoint=None):
   """Starts a training command, waits until it has logged `at_step` (and, if given, has finished a
   checkpoint at step `checkpoint` or later), sends `sig`; returns (exit status, stderr)."""
-  import signal  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryFile('w+') as err:
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, text=True)
     try:
@@ -165,6 +165,5 @@ def interrupt(cmd, workdir, at_step, sig, timeout=240, checkpoint=None):
 
 def recorded_losses(run: str) -> list:
   """The recorded per-step losses of a reference run ('pretrain' or 'finetune'), tests/data."""
-  import json  # pylint: disable=g-import-not-at-top
   with open(os.path.join(REPO, 'tests', 'data', 'recorded_losses.json')) as f:
     return json.load(f)[run]

@@ -37,7 +37,8 @@ def layer_flops(n: int, w: int) -> float:
 
 def flops_per_clip(cfg: videomae.ModelConfig) -> float:
   """One training step's FLOPs per clip: 3 x forward (REFERENCE.md section 4)."""
-  dim, depth = videomae.SIZES[cfg.size].dim, videomae.SIZES[cfg.size].depth
+  size = videomae.SIZES[cfg.size]
+  dim, depth = size.dim, size.depth
   ddim, _, ddepth = cfg.decoder
   n, p = cfg.num_tokens, cfg.patch_dim
   v = n - cfg.num_masked
@@ -71,7 +72,8 @@ def main(argv):
           'mask': np.stack([pretrain.tube_mask(rng, cfg.grid, cfg.mask_ratio) for _ in range(FLAGS.batch)])}
   batch = step_lib.to_global(host, config.micro_batches, bsh)
   key = jax.random.key(0)
-  dim, heads = videomae.SIZES[cfg.size].dim, videomae.SIZES[cfg.size].heads
+  size = videomae.SIZES[cfg.size]
+  dim, heads = size.dim, size.heads
   attention = vit.resolve_attention(cfg.attention, cfg.dtype, dim // heads)
   t0 = time.perf_counter()
   compiled = jitted.lower(state, batch, key).compile()

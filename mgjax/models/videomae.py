@@ -57,7 +57,8 @@ class ModelConfig:
   def __post_init__(self):
     if self.size not in SIZES:
       raise ValueError(f'model.size: unknown {self.size!r}; known: {tuple(SIZES)}')
-    dim, heads = SIZES[self.size].decoder_dim, SIZES[self.size].decoder_heads
+    s = SIZES[self.size]
+    dim, heads = s.decoder_dim, s.decoder_heads
     if self.decoder_width is not None and (self.decoder_width <= 0 or self.decoder_width % (dim // heads)):
       raise ValueError(f'model.decoder_width={self.decoder_width}: not a positive multiple of size '
                        f'{self.size}\'s decoder head width {dim // heads}')
