@@ -10,10 +10,8 @@ batch 64 and lr 6e-3 * 64 / 256 = 1.5e-3 after 200 warmup steps. On one H100 (16
 bound at about 1,500 clips/s with 14 input workers: 4000 steps in under 4 minutes, after 1.5 minutes of
 sample generation. Frozen features of this model lead random initialisation by more than 10 points on kNN
 and the linear probe with the temporal_std readout, also on the two samples (seeds 3 and 4) where the
-CPU demo's XS model falls short (README, "The whole flow on the sample data"). Evaluate it with
-`--config.model.size=S --config.model.image_size=112` on configs/eval.py.
-
-Same settings as `launch/gpu_checks.sh` ran with in sessions 6 and 10 (the demo config with overrides).
+CPU demo's XS model falls short (README, "Results on the sample data"). Evaluate it with
+`--config.model.size=S --config.model.image_size=112` on configs/eval.py. `launch/gpu_checks.sh` runs it.
 """
 
 import os

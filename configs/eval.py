@@ -19,16 +19,19 @@ def get_config():
   c.checkpoint = ''
   c.data_dir = ''  # where the `clips` records are (a demo workdir's demo_data/records works)
   c.clips_config = 'clips'
-  c.tasks = ('knn', 'linear_probe', 'retrieval', 'emotion', 'recognition')
+  c.tasks = ('knn', 'linear_probe', 'retrieval', 'emotion', 'recognition')  # which of c.evals to run
   c.model = dict(size='XS', frames=8, image_size=64, patch=16, tubelet=2, decoder_depth=2, mask_ratio=0.75)
   c.seed = 0
   c.stride = 4
   c.pooling = 'mean'  # frozen features: 'mean' over tokens (VideoMAE), 'temporal_std' (what moves), 'temporal_std_grid'
   c.num_clips = 2  # temporal windows per clip for frozen features
-  c.test_clips = 3  # recognition: temporal windows x ...
-  c.test_crops = 3  # ... spatial crops, softmax averaged
   c.batch = 16
-  c.knn = dict(k=20, temperature=0.07)
-  # L2 penalty: with several, cross-validation on the train split (folds of whole subjects) picks one
-  c.linear_probe = dict(steps=500, lr=1e-2, l2=(1e-4, 1e-3, 1e-2, 1e-1), folds=3)
+  c.evals = dict(
+      knn=dict(type='knn', k=20, temperature=0.07),
+      # L2 penalty: with several, cross-validation on the train split (folds of whole subjects) picks one
+      linear_probe=dict(type='linear_probe', steps=500, lr=1e-2, l2=(1e-4, 1e-3, 1e-2, 1e-1), folds=3),
+      retrieval=dict(type='retrieval'),
+      emotion=dict(type='emotion'),
+      # temporal windows x spatial crops, softmax averaged
+      recognition=dict(type='recognition', test_clips=3, test_crops=3))
   return c.lock()

@@ -1,4 +1,4 @@
-r"""VideoMAE ViT-H pretraining on iMiGUE-3K, the official recipe (REFERENCE.md section 2).
+r"""VideoMAE ViT-H pretraining on iMiGUE-3K, the official recipe (docs/reference.md, section 2).
 
     python -m mgjax.main --config=configs/vmae_h.py --workdir=DIR --config.data.data_dir=DATA_DIR
 

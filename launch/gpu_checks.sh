@@ -3,12 +3,12 @@
 #
 #   OUT=/tmp/gpu_out bash launch/gpu_checks.sh
 #
-# 1. Step benchmarks of VideoMAE ViT-L pretraining (mgjax.bench.step, batch 32, random data; REFERENCE.md
-#    section 4 has the PyTorch figures on the same batch), while the CPU generates the sample datasets.
-# 2. Issue 4's frozen-feature question at a scale the 2-core demo cannot reach: the S model at 112 pixels
-#    pretrained on the 64-subject sample of each seed in SEEDS, then kNN and linear probe (mean and
-#    temporal_std and temporal_std_grid readouts) against the same model at random initialisation,
-#    with mgjax.compare's bootstrap intervals.
+# 1. Step benchmarks of VideoMAE ViT-L pretraining (mgjax.bench.step, batch 32, random data; the PyTorch
+#    figures on the same batch are in docs/reference.md, section 4), while the CPU generates the samples.
+# 2. The frozen-feature study of docs/representation_study.md at a scale the 2-core demo cannot reach: the
+#    S model at 112 pixels (configs/demo_s112.py, MODEL's overrides on top) pretrained on the 64-subject
+#    sample of each seed in SEEDS, then kNN and linear probe (mean, temporal_std and temporal_std_grid
+#    readouts) against the same model at random initialisation, with mgjax.compare's bootstrap intervals.
 #
 # Every stage has a time limit inside BUDGET seconds; a stage that fails or runs out leaves its log and
 # the next stage goes on. Figures go to $OUT/summary.txt (and stdout), logs and results to $OUT/logs.tar.gz.
@@ -16,12 +16,10 @@
 # the ViT-L benchmarks), BENCH_CONFIG, BENCH_BATCH, MODEL (overrides of the pretraining and eval model).
 # Where the packages travel as wheels (the device tool of this workplace), .whl/ is installed first.
 #
-# Session 6 ran it on one H200 (README "Step speed", docs/representation_study.md): the benchmarks and the
-# two seeds side by side took 8.5 minutes, and pretraining, input-bound at about 700 clips/s per run with
-# 6 workers, was stopped at step 1769 of 4000. Session 10 ran the full schedule on one H100, one seed a call:
-# `BENCH=0 SEEDS=3 WORKERS=14 BUDGET=540` took 391 s (sample 93 s, 4000 steps 225 s at about 1,500 clips/s,
-# the three pretrained readouts 63 s), then `SEEDS=4 ... BUDGET=425` 359 s on the same warm machine.
-# The pretraining is configs/demo_s112.py (MODEL's overrides on top).
+# Timing: on one H200 the benchmarks and two seeds side by side took 8.5 minutes, the pretraining
+# input-bound at about 700 clips/s per run with 6 workers and stopped at step 1769 of 4000 by the budget.
+# On one H100, `BENCH=0 SEEDS=3 WORKERS=14 BUDGET=540` took 391 s (sample 93 s, 4000 steps 225 s at about
+# 1,500 clips/s, the three pretrained readouts 63 s): one seed a call gives the full schedule.
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_out}; W=${W:-/tmp/gw}

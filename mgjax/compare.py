@@ -11,6 +11,7 @@ holds out whole people and clips of one person are not independent. Writes nothi
 
 from absl import app, flags
 
+from mgjax import cli
 from mgjax.evals import compare as compare_lib
 
 flags.DEFINE_integer('resamples', 2000, 'bootstrap resamples of the test subjects')
@@ -35,4 +36,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

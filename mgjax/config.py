@@ -43,6 +43,11 @@ def pretrain_base(size: str) -> ml_collections.ConfigDict:
   c.checkpoint = dict(every_steps=1000, keep=3, keep_period=0)  # keep_period: also keep every n-th step
   c.log_every = 50
   c.viz_every = 5000
+  c.eval_every = 5000  # steps between the evaluations of c.evals; 0: none
+  # The clip records evaluations read (data_dir '': those of c.data; stride 0: c.data.stride): `limit`
+  # clips per split, evenly spaced, decoded once and kept in memory.
+  c.eval = dict(data_dir='', name='clips', stride=0, num_clips=1, limit=256, batch=32, pooling='mean')
+  c.evals = dict(knn=dict(type='knn', k=20, temperature=0.07))  # frozen-feature kNN, train -> test clips
   c.profile_steps = ()  # (start, stop): write a profiler trace of these steps to workdir/profile
   # None: the size's own decoder depth / width; typed placeholders so --config.model.decoder_depth=4 works
   c.model.decoder_depth = ml_collections.config_dict.placeholder(int)
@@ -51,11 +56,10 @@ def pretrain_base(size: str) -> ml_collections.ConfigDict:
 
 
 def finetune_base(size: str) -> ml_collections.ConfigDict:
-  """The VideoMAE fine-tuning recipe (REFERENCE.md section 2) on the `clips` records."""
+  """The VideoMAE fine-tuning recipe (docs/reference.md) on the `clips` records."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.init = ''  # mgjax workdir / checkpoint, exported directory (hf, official, orbax); '' = from scratch
-  c.num_classes = 32
   c.head_init_scale = 0.001
   c.label_fraction = 1.0  # < 1: semi-supervised, a seeded class-stratified subset of the training clips
   c.model = dict(size=size, frames=16, image_size=224, patch=16, tubelet=2, decoder_depth=None,
@@ -75,8 +79,10 @@ def finetune_base(size: str) -> ml_collections.ConfigDict:
   c.total_steps = 0
   c.checkpoint = dict(every_steps=1000, keep=3, keep_period=0)
   c.log_every = 50
-  c.eval_every = 1000  # steps between single-view test evaluations; 0: none
-  c.eval_limit = 0  # evaluate on this many test clips (0: all)
+  c.eval_every = 1000  # steps between the evaluations of c.evals; 0: none
+  c.eval = dict(data_dir='', name='clips', stride=0, num_clips=1, limit=0, batch=32, pooling='mean')
+  c.evals = dict(test=dict(type='recognition', test_clips=1, test_crops=1))  # single-view top-1
+  c.profile_steps = ()
   # None: the size's own decoder depth / width; typed placeholders so --config.model.decoder_depth=4 works
   c.model.decoder_depth = ml_collections.config_dict.placeholder(int)
   c.model.decoder_width = ml_collections.config_dict.placeholder(int)

@@ -8,8 +8,9 @@ this command wrote (any format: it converts between them). The formats are descr
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from mgjax import cli
 from mgjax import weights
 
 flags.DEFINE_string('checkpoint', None, 'mgjax workdir, checkpoint, or exported directory.')
@@ -29,4 +30,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['checkpoint', 'format', 'out'])
-  app.run(main)
+  cli.run(main)

@@ -19,16 +19,16 @@ from typing import Optional
 
 import jax
 import numpy as np
-from flax import nnx
 
-from mgjax.models import classifier as classifier_lib
+from mgjax import errors
 from mgjax.models import convert
+from mgjax.models import functional
 from mgjax.models import videomae
 
 MODEL_JSON = 'mgjax_model.json'
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError, ValueError):
   """A checkpoint path that is missing, unfinished or not a checkpoint."""
 
 
@@ -44,11 +44,7 @@ class Weights:
 
 def template(model: videomae.ModelConfig, num_classes: Optional[int] = None) -> dict:
   """Abstract parameter dict of the pretraining model, or of the classifier when num_classes is set."""
-  if num_classes:
-    m = nnx.eval_shape(lambda: classifier_lib.VideoClassifier(model, num_classes, rngs=nnx.Rngs(0)))
-  else:
-    m = nnx.eval_shape(lambda: videomae.VideoMAE(model, rngs=nnx.Rngs(0)))
-  return nnx.state(m, nnx.Param).to_pure_dict()
+  return functional.ModelFns.create(model, num_classes).abstract_params()
 
 
 # ---- reading mgjax checkpoints ----------------------------------------------------------------------------
@@ -85,7 +81,9 @@ def _model_from_workdir(workdir: str) -> tuple[videomae.ModelConfig, Optional[in
   cfg = json.load(open(cfg_path))
   model = videomae.ModelConfig(**{k: v for k, v in cfg['model'].items()
                                   if k in {f.name for f in dataclasses.fields(videomae.ModelConfig)}})
-  return model, cfg.get('num_classes') or None
+  info_path = os.path.join(workdir, 'run_info.json')
+  info = json.load(open(info_path)) if os.path.exists(info_path) else {}
+  return model, info.get('num_classes') or cfg.get('num_classes') or None
 
 
 def restore_numpy(directory: str, key: Optional[str] = None):

@@ -48,7 +48,8 @@ def pretrain_run(built, tmp_path_factory):
   cmd = [sys.executable, '-m', 'mgjax.main', '--config=configs/demo.py', f'--workdir={run}',
          f'--config.data.data_dir={built}', '--config.data.split=all', '--config.model.size=T',
          '--config.model.decoder_depth=1', '--config.model.frames=4', '--config.model.image_size=32',
-         '--config.global_batch=8', '--config.data.workers=0', '--config.total_steps=2', '--config.viz_every=0']
+         '--config.global_batch=8', '--config.data.workers=0', '--config.total_steps=2', '--config.viz_every=0',
+         '--config.eval_every=0']
   out = subprocess.run(cmd, cwd=helpers.REPO, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-3000:]
   return run

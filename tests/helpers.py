@@ -127,7 +127,7 @@ def finetune_cmd(built, init, workdir, steps, *extra):
           f'--config.init={init}', f'--workdir={workdir}', f'--config.data.data_dir={built}', '--config.model.size=T',
           '--config.model.frames=4', '--config.model.image_size=32', '--config.global_batch=8',
           '--config.data.workers=0', f'--config.total_steps={steps}', '--config.checkpoint.every_steps=3',
-          '--config.eval_every=3', '--config.eval_limit=8', '--config.log_every=1',
+          '--config.eval_every=3', '--config.eval.limit=8', '--config.log_every=1',
           '--config.augment.mixup=0.8', '--config.augment.cutmix=1.0', '--config.data.randaug_n=2',
           '--config.data.erase_prob=0.25', '--config.data.crop_scale=(0.08,1.0)', *extra]
 

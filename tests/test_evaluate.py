@@ -15,7 +15,7 @@ from mgjax.evals import compare as compare_lib
 from mgjax import evaluate as evaluate_lib
 from mgjax import weights
 from mgjax.data import records
-from mgjax.evals import features, knn, linear_probe, metrics, retrieval
+from mgjax.evals import common, features, knn, linear_probe, metrics, recognition, retrieval
 from mgjax.models import classifier as classifier_lib
 from mgjax.models import videomae
 from configs import eval as eval_config
@@ -28,9 +28,10 @@ def _config(checkpoint, data_dir, **kw):
   c = eval_config.get_config()
   c.checkpoint, c.data_dir = checkpoint, data_dir
   c.model.update(TINY)
-  c.num_clips, c.test_clips, c.test_crops = 1, 2, 3
-  c.knn.k = 5
-  c.linear_probe.steps = 50
+  c.num_clips = 1
+  c.evals.recognition.update(test_clips=2, test_crops=3)
+  c.evals.knn.k = 5
+  c.evals.linear_probe.steps = 50
   for k, v in kw.items():
     setattr(c, k, v)
   return c
@@ -56,11 +57,11 @@ def _check_classification(r):
 def test_five_tasks_end_to_end(built, classifier_dir, tmp_path):
   work = str(tmp_path / 'eval')
   config = _config(classifier_dir, built)
-  c_l2 = tuple(config.linear_probe.l2)
+  c_l2 = tuple(config.evals.linear_probe.l2)
   results = evaluate_lib.evaluate(config, work)
   saved = json.load(open(os.path.join(work, 'results.json')))
   assert saved == json.loads(json.dumps(results))
-  assert set(evaluate_lib.TASKS) <= set(saved)
+  assert set(common.TYPES) <= set(saved)
   assert saved['checkpoint_read'] == classifier_dir and len(saved['weights']) == 16
   _check_classification(saved['knn'])
   assert saved['knn']['k'] == 5
@@ -304,8 +305,9 @@ def test_recognition_averages_the_softmax_of_its_views(tmp_path):
   the logits, or the first view alone, would pick class 0."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   frames = [_jpeg(20 * i) for i in range(12)]
-  source = [{'num_frames': 12, 'frames': frames, 'label': 1, 'subject_id': 5},
-            {'num_frames': 12, 'frames': frames[:2] * 6, 'label': 0, 'subject_id': 6}]  # dark throughout
+  meta = {'video_id': b'v', 'emotion': 0}
+  source = [{'num_frames': 12, 'frames': frames, 'label': 1, 'subject_id': 5, **meta},
+            {'num_frames': 12, 'frames': frames[:2] * 6, 'label': 0, 'subject_id': 6, **meta}]  # dark throughout
   rest = jnp.full(30, -1e9)
 
   def module(video):
@@ -313,9 +315,11 @@ def test_recognition_averages_the_softmax_of_its_views(tmp_path):
     return jnp.where(dark, jnp.concatenate([jnp.array([3.0, 0.0]), rest]),
                      jnp.concatenate([jnp.array([0.0, 1.0]), rest]))
 
-  cfg = videomae.ModelConfig(size='T', frames=2, image_size=16)
-  config = _config('random', '', stride=1, test_clips=3, test_crops=1)
-  r, (pred, label, subject) = evaluate_lib.recognition(module, cfg, source, config, str(tmp_path))
+  clips = common.Clips({'test': source}, 32, frames=2, size=16, stride=1)
+  ev = recognition.Evaluator(clips, {'logits': lambda params, video: module(video)}, test_clips=3, test_crops=1,
+                             workdir=str(tmp_path))
+  r = ev.evaluate(params=None)
+  pred, label, subject = ev.predictions
   assert pred.tolist() == [1, 0] and label.tolist() == [1, 0] and subject.tolist() == [5, 6]
   assert r['top1'] == 1.0 and r['views'] == 3
 

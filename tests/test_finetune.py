@@ -16,9 +16,10 @@ from transformers import VideoMAEForVideoClassification
 from mgjax import weights
 from mgjax.data import finetune as data_lib
 from mgjax.data import records
-from mgjax.models import convert, videomae
+from mgjax.models import convert, functional, videomae
 from mgjax.train import finetune as ft
 from mgjax.train import metrics as metrics_lib
+from mgjax.train import optim
 from tests import helpers
 
 
@@ -26,8 +27,8 @@ _cmd = helpers.finetune_cmd
 
 
 def _evals(workdir):
-  return {r['step']: r['test_top1'] for r in metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
-          if 'test_top1' in r}
+  return {r['step']: r['eval/test/top1'] for r in metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+          if 'eval/test/top1' in r}
 
 
 def test_finetune_from_pretraining_resumes_and_exports(built, pretrain_run, finetune_run, tmp_path):
@@ -45,7 +46,7 @@ def test_finetune_from_pretraining_resumes_and_exports(built, pretrain_run, fine
   out = subprocess.run(_cmd(built, pretrain_run, run, 8, '--config.label_fraction=0.3'), cwd=helpers.REPO,
                        capture_output=True, text=True)
   assert out.returncode == 0 and 'Resumed from step 6' in out.stderr, out.stderr[-3000:]
-  assert f'Fine-tuning T from {pretrain_run}' in out.stderr and 'test top-1' in out.stderr
+  assert f'Fine-tuning T from {pretrain_run}' in out.stderr and 'test/top1' in out.stderr
   assert json.load(open(os.path.join(run, 'run_info.json')))['init_read'] == read  # kept on resume
   # A fine-tuned checkpoint exports to VideoMAEForVideoClassification.
   w = weights.load(run)
@@ -122,8 +123,8 @@ def test_two_processes_over_localhost_match_one_process(built, pretrain_run, tmp
   want, got = helpers.losses(ref), helpers.losses(run)
   assert sorted(got) == list(range(1, steps + 1))
   np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5)
-  top1 = lambda w: [r['test_top1'] for r in metrics_lib.read_jsonl(os.path.join(w, 'metrics.jsonl'))
-                    if 'test_top1' in r]
+  top1 = lambda w: [r['eval/test/top1'] for r in metrics_lib.read_jsonl(os.path.join(w, 'metrics.jsonl'))
+                    if 'eval/test/top1' in r]
   assert top1(run) == top1(ref) and len(top1(ref)) == 1
   read = os.path.join(os.path.abspath(pretrain_run), 'checkpoints', '2')  # the step process 0 pinned
   assert json.load(open(os.path.join(run, 'run_info.json')))['init_read'] == read
@@ -148,7 +149,7 @@ def test_bad_crop_scale_is_a_config_error(built, tmp_path):
 
 def test_init_takes_the_encoder_and_keeps_the_new_head(pretrain_run):
   cfg = videomae.ModelConfig(size='T', frames=4, image_size=32, dtype='float32')
-  fns = ft.ClassifierFns.create(cfg, 32, 0.001)
+  fns = functional.ModelFns.create(cfg, 32, 0.001)
   fresh = fns.init(0)
   params = ft.init_from_pretrained(fresh, pretrain_run, cfg)
   pre = weights.load(pretrain_run).params['encoder']
@@ -161,15 +162,15 @@ def test_init_takes_the_encoder_and_keeps_the_new_head(pretrain_run):
 
 def test_weights_of_another_size_are_refused(pretrain_run):
   cfg = videomae.ModelConfig(size='XS', frames=4, image_size=32, dtype='float32')
-  fns = ft.ClassifierFns.create(cfg, 32, 0.001)
+  fns = functional.ModelFns.create(cfg, 32, 0.001)
   with pytest.raises(convert.WeightsError, match=r'a T model .* cannot initialise the XS config'):
     ft.init_from_pretrained(fns.init(0), pretrain_run, cfg)
 
 
 def test_layer_decay_scales():
   cfg = videomae.ModelConfig(size='T', frames=4, image_size=32)
-  params = jax.eval_shape(lambda: ft.ClassifierFns.create(cfg, 32, 0.001).init(0))
-  s = convert.flatten(ft.layer_scales(params, depth=2, decay=0.5))
+  params = jax.eval_shape(lambda: functional.ModelFns.create(cfg, 32, 0.001).init(0))
+  s = convert.flatten(optim.layer_scales(params, depth=2, decay=0.5))
   assert s['encoder/patch_embed/kernel'] == 0.125 and s['encoder/blocks/0/attn/qkv/kernel'] == 0.25
   assert s['encoder/blocks/1/mlp/fc1/bias'] == 0.5 and s['head/kernel'] == 1.0 and s['fc_norm/scale'] == 1.0
 
@@ -178,11 +179,11 @@ def test_mixup_cutmix_targets():
   video = np.random.default_rng(0).integers(0, 256, (4, 2, 8, 8, 3), dtype=np.uint8)
   labels = np.array([0, 1, 2, 3])
   for seed in range(6):
-    x, t = ft.mix(video, labels, jax.random.key(seed), 5, mixup=0.8, cutmix=1.0, smoothing=0.1)
+    x, t = data_lib.mix(video, labels, jax.random.key(seed), 5, mixup=0.8, cutmix=1.0, smoothing=0.1)
     t = np.asarray(t)
     np.testing.assert_allclose(t.sum(1), 1.0, atol=1e-6)
     assert x.shape == video.shape and (t.max(1) < 0.92 + 1e-6).all()  # smoothed: never a hard 1
-  _, t = ft.mix(video, labels, jax.random.key(0), 5, mixup=0.0, cutmix=0.0, smoothing=0.1)
+  _, t = data_lib.mix(video, labels, jax.random.key(0), 5, mixup=0.0, cutmix=0.0, smoothing=0.1)
   np.testing.assert_allclose(np.asarray(t)[0], [0.92, 0.02, 0.02, 0.02, 0.02], atol=1e-6)
 
 
@@ -200,7 +201,7 @@ def test_mixed_pixels_and_labels_share_the_same_proportion(mixup, cutmix):
   video, values, labels = _two_valued_batch()
   kinds = set()
   for seed in range(12):
-    x, t = ft.mix(video, labels, jax.random.key(seed), 4, mixup=mixup, cutmix=cutmix, smoothing=0.0)
+    x, t = data_lib.mix(video, labels, jax.random.key(seed), 4, mixup=mixup, cutmix=cutmix, smoothing=0.0)
     x, t = np.asarray(x), np.asarray(t)
     np.testing.assert_allclose(t.sum(1), 1.0, atol=1e-6)
     for i in range(4):

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 
+from mgjax.train import metrics as metrics_lib
 from tests import helpers
 
 REPO = helpers.REPO
@@ -25,7 +26,16 @@ def _cmd(built, workdir, steps, *extra):
           f'--config.data.data_dir={built}', '--config.data.split=all', '--config.model.frames=4',
           '--config.model.image_size=32', '--config.global_batch=8', '--config.data.num_repeats=2',
           '--config.data.workers=0', f'--config.total_steps={steps}', '--config.checkpoint.every_steps=4',
-          '--config.log_every=1', '--config.viz_every=0', '--config.optim.warmup_steps=2', *extra]
+          '--config.log_every=1', '--config.viz_every=0', '--config.optim.warmup_steps=2',
+          '--config.eval_every=0', *extra]
+
+
+EVAL = ('--config.eval_every=5', '--config.eval.limit=12')  # the frozen-feature kNN at step 5
+
+
+def _evals(workdir):
+  return {r['step']: {k: v for k, v in r.items() if k.startswith('eval/')}
+          for r in metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl')) if 'eval/knn/top1' in r}
 
 
 def _run(cmd, **kw):
@@ -106,10 +116,10 @@ def test_misspelt_config_key_is_an_error_naming_it(built, tmp_path):
   assert ("--config.optim.base_lrr=1.0: config.optim has no field 'base_lrr' (did you mean config.optim.base_lr?)"
           in out.stderr), out.stderr[-3000:]
   # The other binaries parse their flags the same way; a config file that is not there is named too.
-  out = _run([sys.executable, '-m', 'mgjax.evaluate', '--config=configs/eval.py', '--config.knn.kk=3',
+  out = _run([sys.executable, '-m', 'mgjax.evaluate', '--config=configs/eval.py', '--config.evals.knn.kk=3',
               f'--workdir={tmp_path / "eval"}'])
   assert out.returncode != 0 and 'Traceback' not in out.stderr, out.stderr[-3000:]
-  assert "config.knn has no field 'kk' (did you mean config.knn.k?)" in out.stderr, out.stderr[-3000:]
+  assert "config.evals.knn has no field 'kk' (did you mean config.evals.knn.k?)" in out.stderr, out.stderr[-3000:]
   out = _run([sys.executable, '-m', 'mgjax.finetune', '--config=configs/finetune_dmeo.py', f'--workdir={tmp_path}'])
   assert out.returncode != 0 and '--config=configs/finetune_dmeo.py: no such config file' in out.stderr
   assert not os.listdir(tmp_path)  # nothing written
@@ -143,11 +153,23 @@ def test_decoder_depth_of_every_config_can_be_set_on_the_command_line():
 
 @pytest.fixture(scope='module')
 def short_run(built, tmp_path_factory):
-  """A plain 5-step run (one process, data parallel over 8 devices)."""
+  """A plain 5-step run (one process, data parallel over 8 devices), with the kNN at step 5."""
   run = str(tmp_path_factory.mktemp('short'))
-  out = _run(_cmd(built, run, 5))
+  out = _run(_cmd(built, run, 5, *EVAL))
   assert out.returncode == 0, out.stderr[-3000:]
+  assert 'step 5: knn/top1' in out.stderr
   return run
+
+
+def test_pretraining_logs_the_frozen_feature_knn_every_eval_every(short_run):
+  evals = _evals(short_run)
+  assert list(evals) == [5]
+  e = evals[5]
+  assert set(e) >= {'eval/knn/top1', 'eval/knn/top5', 'eval/knn/mean_class_accuracy'}
+  assert 0 <= e['eval/knn/top1'] <= e['eval/knn/top5'] <= 1
+  assert 'eval/knn/temperature' not in e  # settings are not measurements
+  events = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(short_run, 'tensorboard')) for f in fs]
+  assert any(b'eval/knn/top1' in open(f, 'rb').read() for f in events)
 
 
 def test_fsdp_tensor_mesh_remat_and_micro_batches_match_the_plain_run(built, short_run, tmp_path):
@@ -168,8 +190,8 @@ def test_two_processes_over_localhost_match_one_process(built, short_run, tmp_pa
   run = str(tmp_path / 'two')
   port = helpers.free_port()
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
-  procs = [subprocess.Popen(_cmd(built, run, steps, f'--coordinator=127.0.0.1:{port}', '--num_processes=2',
-                                 f'--process_id={i}'), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+  procs = [subprocess.Popen(_cmd(built, run, steps, *EVAL, f'--coordinator=127.0.0.1:{port}',
+                                 '--num_processes=2', f'--process_id={i}'), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True) for i in range(2)]
   errs = [p.communicate(timeout=600)[1] for p in procs]
   for p, err in zip(procs, errs):
@@ -179,6 +201,7 @@ def test_two_processes_over_localhost_match_one_process(built, short_run, tmp_pa
   assert sorted(got) == list(range(1, steps + 1))
   np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5)
   assert helpers.checkpoints(run)[-1] == steps
+  assert _evals(run) == _evals(short_run)  # the kNN over two processes' devices: the same clips, features
   # Both continue to step 8 on one process.
   one = str(tmp_path / 'one')
   shutil.copytree(short_run, one)

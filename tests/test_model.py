@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from mgjax.data import pretrain
-from mgjax.models import videomae, vit
+from mgjax.models import functional, videomae, vit
 from mgjax.train import optim, sharding, step as step_lib
 
 
@@ -100,7 +100,7 @@ def test_auto_attention_is_cudnn_only_where_that_kernel_runs():
 
 
 def test_weight_decay_skips_biases_norms_and_mask_token():
-  fns = step_lib.ModelFns.create(videomae.ModelConfig(size='T', frames=4, image_size=32))
+  fns = functional.ModelFns.create(videomae.ModelConfig(size='T', frames=4, image_size=32))
   mask = optim.decay_mask(jax.eval_shape(lambda: fns.init(0)))
   flat = {sharding.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
   assert flat['encoder/blocks/0/attn/qkv/kernel'] and flat['decoder/head/kernel']
@@ -115,7 +115,7 @@ def test_vmae_l_compiles_on_8_devices_with_fsdp():
   config = vmae_l.get_config()
   cfg = videomae.ModelConfig(**config.model.to_dict())
   mesh = sharding.make_mesh((1, 8, 1))
-  fns = step_lib.ModelFns.create(cfg)
+  fns = functional.ModelFns.create(cfg)
   lr = optim.schedule(base_lr=1.5e-4, min_lr=1e-5, global_batch=8, warmup_steps=10, total_steps=100)
   tx = optim.make_optimizer(lr, b1=0.9, b2=0.95, weight_decay=0.05)
   abstract, _ = step_lib.abstract_state(fns, tx)

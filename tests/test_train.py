@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mgjax.data import pretrain
-from mgjax.models import videomae
+from mgjax.models import functional, videomae
 from mgjax.train import finetune as ft
 from mgjax.train import optim, sharding, step as step_lib
 
@@ -36,7 +36,7 @@ def _lr():
 
 
 def _run(mesh, micro=1, steps=3, clip=0.0, cfg=CFG, same=False, drop_path=False):
-  fns = step_lib.ModelFns.create(cfg)
+  fns = functional.ModelFns.create(cfg)
   lr = _lr()
   tx = optim.make_optimizer(lr, b1=0.9, b2=0.95, weight_decay=0.05, clip_norm=clip)
   state, shardings = step_lib.create_state(fns, tx, mesh, seed=0)
@@ -70,7 +70,7 @@ def single():
 
 def test_first_update_runs_at_the_peak_rate(single):
   assert single[0]['lr'][0] == pytest.approx(0.05 * BATCH / 256)
-  fresh = step_lib.ModelFns.create(CFG).init(0)
+  fresh = functional.ModelFns.create(CFG).init(0)
   moved = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in
            zip(jax.tree.leaves(single[1]), jax.tree.leaves(fresh))]
   assert min(moved) > 0  # every parameter, biases and norms included, changed
@@ -126,7 +126,7 @@ def test_gradient_clipping_changes_the_update(single):
 def test_tensor_axis_splits_attention_and_mlp(shape):
   mesh = sharding.make_mesh(shape)
   t = shape[2]
-  fns = step_lib.ModelFns.create(CFG)
+  fns = functional.ModelFns.create(CFG)
   tx = optim.make_optimizer(0.1, b1=0.9, b2=0.95, weight_decay=0.0)
   state, _ = step_lib.create_state(fns, tx, mesh, seed=0)
   f = shape[1]
@@ -146,7 +146,7 @@ def test_tensor_axis_splits_attention_and_mlp(shape):
 
 def test_fsdp_really_shards_parameters():
   mesh = sharding.make_mesh((1, 8, 1))
-  fns = step_lib.ModelFns.create(videomae.ModelConfig(size='T', frames=4, image_size=32))
+  fns = functional.ModelFns.create(videomae.ModelConfig(size='T', frames=4, image_size=32))
   tx = optim.make_optimizer(0.1, b1=0.9, b2=0.95, weight_decay=0.0)
   state, _ = step_lib.create_state(fns, tx, mesh, seed=0)
   kernel = state['params']['encoder']['blocks'][0]['mlp']['fc1']['kernel']  # (64, 256)
@@ -170,7 +170,7 @@ _nan_gradient.defvjp(lambda x, poison: (x, poison),
 def test_non_finite_step_leaves_the_last_good_state(where):
   """Step 2 of 3 is poisoned (its loss, or only its gradient, is NaN): the state after it is the state
   after step 1, bit for bit, and step 3 trains on from there."""
-  fns = step_lib.ModelFns.create(CFG)
+  fns = functional.ModelFns.create(CFG)
   lr = _lr()
   tx = optim.make_optimizer(lr, b1=0.9, b2=0.95, weight_decay=0.05)
 
@@ -203,7 +203,7 @@ def test_non_finite_step_leaves_the_last_good_state(where):
 
 def _finetune_run(micro, mixup, cutmix, steps=2):
   cfg = videomae.ModelConfig(size='T', frames=4, image_size=32, dtype='float32')
-  fns = ft.ClassifierFns.create(cfg, 5, 1.0)
+  fns = functional.ModelFns.create(cfg, 5, 1.0)
   lr = _lr()
   tx = optim.make_optimizer(lr, b1=0.9, b2=0.999, weight_decay=0.05)
   mesh = sharding.make_mesh((8, 1, 1))

@@ -284,6 +284,17 @@ def _class_probs(emotion: int) -> np.ndarray:
   return p / p.sum()
 
 
+def encode_frames(out, stream, frames):
+  """Encodes RGB frames (pts 0, 1, ...) into an open PyAV stream of `out`, then flushes the encoder."""
+  for i, rgb in enumerate(frames):
+    frame = av.VideoFrame.from_ndarray(rgb, format='rgb24')
+    frame.pts = i
+    for packet in stream.encode(frame):
+      out.mux(packet)
+  for packet in stream.encode():
+    out.mux(packet)
+
+
 def _write_video(path, frames_iter, width, height, codec='mpeg4', container_options=None):
   """Encodes RGB frames to an mp4 at FPS. codec 'mpeg4' (default) or 'h264'.
 
@@ -302,13 +313,7 @@ def _write_video(path, frames_iter, width, height, codec='mpeg4', container_opti
       stream.codec_context.gop_size = 50
       stream.codec_context.flags |= av.codec.context.Flags.qscale
       stream.codec_context.global_quality = 3 * 118  # qscale 3 (FF_QP2LAMBDA = 118)
-    for i, rgb in enumerate(frames_iter):
-      frame = av.VideoFrame.from_ndarray(rgb, format='rgb24')
-      frame.pts = i
-      for packet in stream.encode(frame):
-        out.mux(packet)
-    for packet in stream.encode():
-      out.mux(packet)
+    encode_frames(out, stream, frames_iter)
   os.replace(tmp, path)
 
 

@@ -122,10 +122,6 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
   return buf.getvalue()
 
 
-def decode_jpeg(data: bytes) -> np.ndarray:
-  return np.asarray(Image.open(io.BytesIO(data)).convert('RGB'))
-
-
 class QualityScorer:
   """Per-frame motion energy and shot-cut flags, fed one thumbnail at a time in frame order."""
 

@@ -76,13 +76,7 @@ def encode_h264_chunk(jpegs, gop: int) -> bytes:
     st.height, st.width = frames.shape[1:3]
     st.pix_fmt = 'yuv420p'
     st.options = {'crf': '20', 'preset': 'veryfast', 'g': str(gop), 'bf': '0', 'threads': '1'}
-    for i, f in enumerate(frames):
-      vf = av.VideoFrame.from_ndarray(f, format='rgb24')
-      vf.pts = i
-      for p in st.encode(vf):
-        out.mux(p)
-    for p in st.encode():
-      out.mux(p)
+    sample_lib.encode_frames(out, st, frames)
   return buf.getvalue()
 
 

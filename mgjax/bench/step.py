@@ -2,7 +2,7 @@ r"""Train-step benchmark: compiles the pretraining step of a config and times it
 
     python -m mgjax.bench.step --config=configs/vmae_l.py [--batch=32] [--steps=20] [--config.model.attention=xla]
 
-Prints clips/s, achieved TFLOP/s by the FLOP model of REFERENCE.md section 4 (forward x 3, visible tokens
+Prints clips/s, achieved TFLOP/s by the FLOP model of docs/reference.md, section 4 (forward x 3, visible tokens
 through the encoder, all tokens through the decoder) and MFU against the chip's dense bf16 datasheet peak.
 The last line reads `clips/s: X  TFLOP/s: Y  MFU: Z%`.
 """
@@ -17,7 +17,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mgjax.data import pretrain
-from mgjax.models import videomae, vit
+from mgjax.models import functional, videomae, vit
 from mgjax.train import optim, sharding, step as step_lib
 
 flags.DEFINE_integer('batch', 32, 'Global batch (clips per step).')
@@ -26,7 +26,7 @@ flags.DEFINE_float('peak_tflops', 0.0, 'Override the datasheet peak (dense bf16 
 config_flags.DEFINE_config_file('config', None, 'Pretraining config.', lock_config=True)
 FLAGS = flags.FLAGS
 
-# Dense bf16 datasheet peaks, TFLOP/s per chip (REFERENCE.md section 4).
+# Dense bf16 datasheet peaks, TFLOP/s per chip (docs/reference.md, section 4).
 PEAKS = (('H200', 989.0), ('H100', 989.0), ('v6', 918.0), ('v5p', 459.0), ('v5 lite', 197.0), ('v5e', 197.0),
          ('v4', 275.0))
 
@@ -36,7 +36,7 @@ def layer_flops(n: int, w: int) -> float:
 
 
 def flops_per_clip(cfg: videomae.ModelConfig) -> float:
-  """One training step's FLOPs per clip: 3 x forward (REFERENCE.md section 4)."""
+  """One training step's FLOPs per clip: 3 x forward (docs/reference.md, section 4)."""
   size = videomae.SIZES[cfg.size]
   dim, depth = size.dim, size.depth
   ddim, _, ddepth = cfg.decoder
@@ -60,7 +60,7 @@ def main(argv):
   config = FLAGS.config
   cfg = videomae.ModelConfig(**config.model.to_dict())
   mesh = sharding.make_mesh(tuple(config.mesh))
-  fns = step_lib.ModelFns.create(cfg)
+  fns = functional.ModelFns.create(cfg)
   lr = optim.schedule(base_lr=config.optim.base_lr, min_lr=config.optim.min_lr, global_batch=FLAGS.batch,
                       warmup_steps=10, total_steps=1000)
   tx = optim.make_optimizer(lr, b1=config.optim.b1, b2=config.optim.b2, weight_decay=config.optim.weight_decay)

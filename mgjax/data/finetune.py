@@ -13,6 +13,8 @@ import dataclasses
 from typing import Sequence
 
 import grain
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import flags
 from PIL import Image, ImageEnhance, ImageOps
@@ -115,8 +117,7 @@ def random_erase(frames: np.ndarray, prob: float, rng) -> np.ndarray:
 
 
 def random_window(num_frames: int, frames: int, stride: int, rng) -> np.ndarray:
-  span = (frames - 1) * stride + 1
-  start = int(rng.integers(max(num_frames - span, 0) + 1))
+  start = int(rng.integers(max(num_frames - records.window_span(frames, stride), 0) + 1))
   return np.minimum(start + np.arange(frames) * stride, num_frames - 1)
 
 
@@ -200,3 +201,32 @@ def read_labels(data_dir: str, config: str, split: str, source) -> np.ndarray:
     if len(labels) == len(source):
       return labels
   return np.asarray([int(source[i]['label']) for i in range(len(source))])
+
+
+# ---- Mixing clips, on the device inside the train step --------------------------------------------------
+
+def mix(video, labels, key, num_classes: int, *, mixup: float, cutmix: float, smoothing: float,
+        switch_prob: float = 0.5):
+  """timm-style Mixup: per batch, mixup (Beta(mixup)) or cutmix (Beta(cutmix), one box for all frames),
+  pairing each clip with the batch reversed; smoothed one-hot targets mixed with the same lambda."""
+  off = smoothing / num_classes
+  onehot = jax.nn.one_hot(labels, num_classes) * (1 - smoothing) + off
+  if mixup <= 0 and cutmix <= 0:
+    return video.astype(jnp.float32), onehot
+  k1, k2, k3, k4 = jax.random.split(key, 4)
+  use_cut = (jax.random.uniform(k1) < switch_prob) if (mixup > 0 and cutmix > 0) else jnp.asarray(cutmix > 0)
+  lam_mix = jax.random.beta(k2, max(mixup, 1e-3), max(mixup, 1e-3))
+  lam_cut = jax.random.beta(k3, max(cutmix, 1e-3), max(cutmix, 1e-3))
+  x = video.astype(jnp.float32)
+  other = x[::-1]
+  _, _, h, w, _ = x.shape
+  ch, cw = (jnp.sqrt(1 - lam_cut) * h).astype(jnp.int32), (jnp.sqrt(1 - lam_cut) * w).astype(jnp.int32)
+  cy, cx = jax.random.randint(k4, (2,), 0, jnp.array([h, w]))
+  y0, y1 = jnp.clip(cy - ch // 2, 0, h), jnp.clip(cy + ch // 2, 0, h)
+  x0, x1 = jnp.clip(cx - cw // 2, 0, w), jnp.clip(cx + cw // 2, 0, w)
+  ys, xs = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+  box = ((ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1))[None, None, :, :, None]
+  lam_box = 1 - ((y1 - y0) * (x1 - x0)) / (h * w)
+  mixed = jnp.where(use_cut, jnp.where(box, other, x), lam_mix * x + (1 - lam_mix) * other)
+  lam = jnp.where(use_cut, lam_box, lam_mix)
+  return mixed, lam * onehot + (1 - lam) * onehot[::-1]

@@ -7,20 +7,63 @@ Only the frames a window needs are decoded.
 
 from __future__ import annotations
 
+import glob
 import io
+import json
+import os
 from typing import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from mgjax import errors
+
+
+# Builder versions whose records this code reads (tfds_imigue3k's VERSION and RELEASE_NOTES).
+READABLE_VERSIONS = ('1.0.0',)
+
 
 def data_source(data_dir: str, config: str = 'pretrain', split: str = 'train'):
   """tfds.data_source over the built records; `split` may be any TFDS split spec ('all', 'train[:10%]').
 
-  Needs neither TensorFlow nor the builder code: TFDS reads dataset_info.json / features.json.
+  Needs neither TensorFlow nor the builder code: TFDS reads dataset_info.json / features.json. Records
+  that are missing, of a builder version this code does not read, or without the split are a DataError
+  that names the directory and says what to do.
   """
-  return tfds.data_source(f'imigue3k/{config}', split=split, data_dir=data_dir)
+  root = os.path.join(os.path.abspath(data_dir), 'imigue3k', config)
+  built = sorted(os.path.basename(os.path.dirname(p))
+                 for p in glob.glob(os.path.join(root, '*', 'dataset_info.json')))
+  if not built:
+    raise errors.DataError(
+        f'{data_dir}: no imigue3k/{config} records (no {root}/VERSION/dataset_info.json). Build them with '
+        f'`tfds build imigue3k --imports=tfds_imigue3k --config={config} --data_dir={data_dir} '
+        f'--manual_dir=M --file_format=array_record` (README, Data), or leave data_dir empty to train '
+        f'on the generated demo sample.')
+  readable = [v for v in built if v in READABLE_VERSIONS]
+  if not readable:
+    raise errors.DataError(
+        f'{root}: records of builder version {", ".join(built)}; this mgjax reads version '
+        f'{", ".join(READABLE_VERSIONS)}. Build them again with this checkout\'s tfds_imigue3k into a '
+        f'new data_dir.')
+  try:
+    return tfds.data_source(f'imigue3k/{config}:{readable[-1]}', split=split, data_dir=data_dir)
+  except ValueError as e:  # an unknown split
+    raise errors.DataError(f'{root}/{readable[-1]}: {e}') from None
+
+
+def num_classes(source) -> int:
+  """The number of classes of a `clips` source's labels, from the dataset's metadata."""
+  return int(source.dataset_info.features['label'].num_classes)
+
+
+def protocol(data_dir: str, config: str = 'clips') -> dict:
+  """The protocol.json the builder writes beside the records (splits, emotion videos); {} if absent."""
+  found = sorted(glob.glob(os.path.join(data_dir, 'imigue3k', config, '*', 'protocol.json')))
+  if not found:
+    return {}
+  with open(found[-1]) as f:
+    return json.load(f)
 
 
 def decode_jpegs(jpegs: Sequence[bytes]) -> np.ndarray:

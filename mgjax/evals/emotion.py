@@ -6,7 +6,7 @@
 
 import numpy as np
 
-from mgjax.evals import knn, linear_probe, metrics
+from mgjax.evals import common, knn, linear_probe, metrics
 
 
 def _per_video(values: np.ndarray, video_ids: np.ndarray, videos: list) -> np.ndarray:
@@ -37,3 +37,17 @@ def evaluate(clips: dict, train_videos: list, test_videos: list, mg_train: dict,
 
 def _emotion(clips: dict, video: str) -> int:
   return int(clips['emotion'][clips['video_id'] == video][0])
+
+
+class Evaluator(common.Evaluator):
+  """Win / lose of the protocol's emotion test videos from their clips' frozen features."""
+
+  def __init__(self, clips: common.Clips, predict_fns: dict, steps: int = 300):
+    self.clips, self.predict, self.steps = clips, predict_fns['features'], steps
+
+  def evaluate(self, params) -> dict:
+    f = self.clips.features(self.predict, params)
+    proto = self.clips.protocol.get('emotion', {})
+    both = {k: np.concatenate([f['train'][k], f['test'][k]]) for k in f['train']}
+    return evaluate(both, proto.get('train_video_ids', []), proto.get('test_video_ids', []), f['train'],
+                    self.clips.num_classes, self.steps)

@@ -23,16 +23,15 @@ import tqdm
 from absl import logging
 from PIL import Image
 
+from mgjax import errors
 from mgjax.data import records
-from mgjax.models import vit
-from mgjax.models.videomae import IMAGENET_MEAN, IMAGENET_STD
+from mgjax.models import videomae
 
 
 def window_indices(num_frames: int, frames: int, stride: int, num_clips: int) -> np.ndarray:
   """(num_clips, frames) frame indices: windows spread evenly over the segment from its first frame to its
   last (one window: the centre one), clipped at the segment's end."""
-  span = (frames - 1) * stride + 1
-  room = max(num_frames - span, 0)
+  room = max(num_frames - records.window_span(frames, stride), 0)
   starts = (np.linspace(0, room, num_clips) if num_clips > 1 else np.array([room / 2])).round().astype(int)
   return np.minimum(starts[:, None] + np.arange(frames) * stride, num_frames - 1)
 
@@ -83,21 +82,27 @@ def pool_tokens(tokens, grid_t: int, pooling: str):
   raise ValueError(f'unknown pooling {pooling!r}; known: {POOLINGS}')
 
 
-def encoder_feature_fn(module, pretraining: bool, pooling: str = 'mean'):
-  """jitted video uint8 (B,T,H,W,3) -> (B, D) features of a VideoMAE (pretraining) or VideoClassifier.
+def feature_fn(fns, pooling: str = 'mean'):
+  """f(params, video uint8 (B,T,H,W,3)) -> float32 (B, D) features of the model of `fns` (a ModelFns).
 
   Mean pooling of a classifier is its own features (mean, then fc_norm); otherwise the encoder's tokens
   (after the final norm of a pretraining model) are pooled by `pool_tokens`.
   """
-  if not pretraining and pooling == 'mean':
-    return jax.jit(module.features)
-  cfg = module.cfg
+  if pooling not in POOLINGS:
+    raise errors.ConfigError(f'config.pooling: unknown pooling {pooling!r}; known: {POOLINGS}')
+  cfg = fns.cfg
 
-  def f(video):
-    x = (video.astype(jnp.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    tokens = module.encoder(vit.patchify(x, cfg.patch, cfg.tubelet))
+  def f(params, video):
+    module = fns.module(params)
+    if fns.num_classes and pooling == 'mean':
+      return module.features(video).astype(jnp.float32)
+    tokens = module.encoder(videomae.normalized_patches(video, cfg))
     return pool_tokens(tokens, cfg.grid[0], pooling).astype(jnp.float32)
-  return jax.jit(f)
+  return f
+
+
+def metadata(record) -> dict:
+  return {k: record[k].decode() if isinstance(record[k], bytes) else int(record[k]) for k in META}
 
 
 def progress(n: int, desc: str):
@@ -115,27 +120,26 @@ def progress(n: int, desc: str):
       last = now
 
 
-def extract(feature_fn, source, *, frames: int, stride: int, num_clips: int, size: int, batch: int = 16,
-            desc: str = 'features') -> dict:
-  """Features and labels of every clip record in `source`."""
-  feats, meta = [], {'label': [], 'video_id': [], 'emotion': [], 'subject_id': []}
-  pending, owners = [], []
+META = ('label', 'video_id', 'emotion', 'subject_id')
+
+
+def extract(feature_fn, clips, num_clips: int, batch: int = 16) -> dict:
+  """Features and metadata of every clip of `clips` ((views, metadata) pairs, `num_clips` views each):
+  the mean of feature_fn over a clip's views, computed `batch` views at a time."""
+  feats, meta = [], {k: [] for k in META}
+  pending = []
 
   def flush():
     x = np.concatenate(pending)
     pad = (-len(x)) % batch
-    out = np.asarray(feature_fn(jnp.asarray(np.concatenate([x, x[:pad]]) if pad else x)))[:len(x)]
-    for i in range(len(owners)):
-      feats.append(out[i * num_clips:(i + 1) * num_clips].mean(0))
+    out = np.asarray(feature_fn(np.concatenate([x, x[:pad]]) if pad else x))[:len(x)]
+    feats.extend(out[i * num_clips:(i + 1) * num_clips].mean(0) for i in range(len(pending)))
     pending.clear()
-    owners.clear()
 
-  for i in progress(len(source), desc):
-    r = source[i]
-    pending.append(clip_views(r, frames, stride, num_clips, size))
-    owners.append(i)
-    for k in meta:
-      meta[k].append(r[k].decode() if isinstance(r[k], bytes) else int(r[k]))
+  for views, m in clips:
+    pending.append(views)
+    for k in META:
+      meta[k].append(m[k])
     if len(pending) * num_clips >= batch:
       flush()
   if pending:
@@ -143,16 +147,14 @@ def extract(feature_fn, source, *, frames: int, stride: int, num_clips: int, siz
   return {'features': np.stack(feats).astype(np.float32), **{k: np.asarray(v) for k, v in meta.items()}}
 
 
-def weights_fingerprint(module) -> str:
-  """A short hash of a model's parameters (every leaf's path, shape and up to 4096 of its values, evenly
+def weights_fingerprint(params: dict) -> str:
+  """A short hash of a parameter dict (every leaf's path, shape and up to 4096 of its values, evenly
   strided): what the feature cache is keyed on, so a checkpoint path whose weights have changed (a workdir
   that trained on, an export written again) is not served the old features."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   h = hashlib.sha1()
-  flat = nnx.state(module, nnx.Param).flat_state()
-  for path, leaf in sorted(((tuple(map(str, p)), v) for p, v in flat), key=lambda kv: kv[0]):
-    x = jnp.ravel(getattr(leaf, 'value', leaf))
-    h.update(repr((path, x.shape)).encode())
+  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(params)[0], key=lambda kv: str(kv[0])):
+    x = jnp.ravel(leaf)
+    h.update(repr((jax.tree_util.keystr(path), x.shape)).encode())
     h.update(np.asarray(x[::max(1, x.size // 4096)], np.float32).tobytes())  # the stride on the device
   return h.hexdigest()[:16]
 

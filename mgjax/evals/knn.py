@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from mgjax.evals import metrics
+from mgjax.evals import common, metrics
 
 
 def scores(train_x, train_y, test_x, num_classes: int, k: int = 20, temperature: float = 0.07) -> np.ndarray:
@@ -21,3 +21,19 @@ def evaluate(train: dict, test: dict, num_classes: int, k: int = 20, temperature
   s = scores(train['features'], train['label'], test['features'], num_classes, k, temperature)
   out = {'k': k, 'temperature': temperature, **metrics.classification(s, test['label'], num_classes)}
   return (out, s.argmax(1)) if return_pred else out
+
+
+class Evaluator(common.Evaluator):
+  """kNN top-1 etc. of the test clips against the train clips' frozen features."""
+
+  settings = ('temperature',)
+
+  def __init__(self, clips: common.Clips, predict_fns: dict, k: int = 20, temperature: float = 0.07):
+    self.clips, self.predict, self.k, self.temperature = clips, predict_fns['features'], k, temperature
+
+  def evaluate(self, params) -> dict:
+    f = self.clips.features(self.predict, params)
+    out, pred = evaluate(f['train'], f['test'], self.clips.num_classes, self.k, self.temperature,
+                         return_pred=True)
+    self.predictions = (pred, f['test']['label'], f['test']['subject_id'])
+    return out

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mgjax.evals import metrics
+from mgjax.evals import common, metrics
 
 
 def _train(xs, y, weights, l2, num_classes: int, steps: int, lr: float):
@@ -102,3 +102,20 @@ def evaluate(train: dict, test: dict, num_classes: int, steps: int = 500, lr: fl
   logits = fit(train['features'], train['label'], num_classes, steps, lr, chosen)(test['features'])
   out.update(metrics.classification(logits, test['label'], num_classes))
   return (out, logits.argmax(1)) if return_pred else out
+
+
+class Evaluator(common.Evaluator):
+  """A linear classifier on the train clips' frozen features, tested on the test clips."""
+
+  settings = ('l2',)
+
+  def __init__(self, clips: common.Clips, predict_fns: dict, steps: int = 500, lr: float = 1e-2,
+               l2: Sequence[float] = (1e-4,), folds: int = 3, seed: int = 0):
+    self.clips, self.predict = clips, predict_fns['features']
+    self.kw = dict(steps=steps, lr=lr, l2=l2, folds=folds, seed=seed)
+
+  def evaluate(self, params) -> dict:
+    f = self.clips.features(self.predict, params)
+    out, pred = evaluate(f['train'], f['test'], self.clips.num_classes, **self.kw, return_pred=True)
+    self.predictions = (pred, f['test']['label'], f['test']['subject_id'])
+    return out

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from mgjax.evals import metrics
+from mgjax.evals import common, metrics
 
 
 def evaluate(gallery: dict, queries: dict, ks=(1, 5, 10)) -> dict:
@@ -17,3 +17,14 @@ def evaluate(gallery: dict, queries: dict, ks=(1, 5, 10)) -> dict:
   out['mAP'] = float(ap[n_rel > 0].mean()) if (n_rel > 0).any() else 0.0
   out['queries'] = int(len(ap))
   return out
+
+
+class Evaluator(common.Evaluator):
+  """Test clips query the train clips by their frozen features."""
+
+  def __init__(self, clips: common.Clips, predict_fns: dict, ks=(1, 5, 10)):
+    self.clips, self.predict, self.ks = clips, predict_fns['features'], tuple(ks)
+
+  def evaluate(self, params) -> dict:
+    f = self.clips.features(self.predict, params)
+    return evaluate(f['train'], f['test'], self.ks)

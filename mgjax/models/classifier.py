@@ -10,8 +10,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from mgjax.models import videomae, vit
-from mgjax.models.videomae import IMAGENET_MEAN, IMAGENET_STD, SIZES, ModelConfig
+from mgjax.models import videomae
+from mgjax.models.videomae import SIZES, ModelConfig
 
 
 class VideoClassifier(nnx.Module):
@@ -27,8 +27,7 @@ class VideoClassifier(nnx.Module):
 
   def features(self, video, key=None):
     """uint8 (B, T, H, W, 3) -> pooled, normalised features (B, D)."""
-    x = video.astype(jnp.float32) / 255.0
-    patches = vit.patchify((x - IMAGENET_MEAN) / IMAGENET_STD, self.cfg.patch, self.cfg.tubelet)
+    patches = videomae.normalized_patches(video, self.cfg)
     return self.fc_norm(self.encoder(patches, None, key).mean(axis=1))
 
   def __call__(self, video, key=None):

@@ -13,10 +13,12 @@ import re
 
 import numpy as np
 
+from mgjax import errors
+
 NORMS = ('norm1', 'norm2', 'norm', 'fc_norm')
 
 
-class WeightsError(ValueError):
+class WeightsError(errors.UserError, ValueError):
   """Weights that do not fit the model: lists the missing, unexpected and mis-shaped parameters."""
 
 
@@ -52,16 +54,18 @@ def _official_name(path: str, finetuned: bool) -> str:
 
 
 def _to_torch_layout(path: str, x: np.ndarray) -> np.ndarray:
-  if path.endswith('patch_embed/kernel'):
-    return np.ascontiguousarray(x.transpose(4, 3, 0, 1, 2))
-  if path.endswith('kernel'):
-    return np.ascontiguousarray(x.T)
-  return x
+  return _layout(path, x, (4, 3, 0, 1, 2))
 
 
 def _from_torch_layout(path: str, x: np.ndarray) -> np.ndarray:
+  return _layout(path, x, (2, 3, 4, 1, 0))
+
+
+def _layout(path: str, x: np.ndarray, conv_axes) -> np.ndarray:
+  """Flax kernels <-> PyTorch weights: the patch embedding's Conv3d axes permuted by conv_axes, Dense
+  kernels transposed, everything else as is."""
   if path.endswith('patch_embed/kernel'):
-    return np.ascontiguousarray(x.transpose(2, 3, 4, 1, 0))
+    return np.ascontiguousarray(x.transpose(conv_axes))
   if path.endswith('kernel'):
     return np.ascontiguousarray(x.T)
   return x
@@ -119,18 +123,14 @@ _HF_BLOCK = (('norm1.', 'layernorm_before.'), ('norm2.', 'layernorm_after.'),
 
 def _hf_name(name: str) -> str:
   """Official name (pretraining or fine-tuned layout) -> transformers name (qkv handled by the caller)."""
-  m = re.match(r'^(encoder\.)?blocks\.(\d+)\.(.*)$', name)
-  if m:
-    rest = m.group(3)
-    for a, b in _HF_BLOCK:
-      if rest.startswith(a):
-        return f'videomae.encoder.layer.{m.group(2)}.{b}{rest[len(a):]}'
-  m = re.match(r'^decoder\.blocks\.(\d+)\.(.*)$', name)
-  if m:
-    rest = m.group(2)
-    for a, b in _HF_BLOCK:
-      if rest.startswith(a):
-        return f'decoder.decoder_layers.{m.group(1)}.{b}{rest[len(a):]}'
+  for pattern, prefix in ((r'^(?:encoder\.)?blocks\.(\d+)\.(.*)$', 'videomae.encoder.layer'),
+                          (r'^decoder\.blocks\.(\d+)\.(.*)$', 'decoder.decoder_layers')):
+    m = re.match(pattern, name)
+    if m:
+      rest = m.group(2)
+      for a, b in _HF_BLOCK:
+        if rest.startswith(a):
+          return f'{prefix}.{m.group(1)}.{b}{rest[len(a):]}'
   name = re.sub(r'^(encoder\.)?patch_embed\.proj\.', 'videomae.embeddings.patch_embeddings.projection.', name)
   name = re.sub(r'^encoder\.norm\.', 'videomae.layernorm.', name)
   return re.sub(r'^head\.', 'classifier.', name)

@@ -1,6 +1,6 @@
 """VideoMAE pretraining model (Tong et al. 2022): ViT encoder over visible tokens + light decoder.
 
-Shapes follow REFERENCE.md section 2. Module and parameter names follow the official checkpoint
+Shapes follow docs/reference.md, section 2. Module and parameter names follow the official checkpoint
 (encoder.patch_embed, encoder.blocks.{i}.attn.qkv, ..., encoder_to_decoder, mask_token, decoder.head).
 """
 
@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mgjax import errors
 from mgjax.models import vit
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -56,11 +57,11 @@ class ModelConfig:
 
   def __post_init__(self):
     if self.size not in SIZES:
-      raise ValueError(f'model.size: unknown {self.size!r}; known: {tuple(SIZES)}')
+      raise errors.ConfigError(f'config.model.size: unknown {self.size!r}; known: {tuple(SIZES)}')
     s = SIZES[self.size]
     dim, heads = s.decoder_dim, s.decoder_heads
     if self.decoder_width is not None and (self.decoder_width <= 0 or self.decoder_width % (dim // heads)):
-      raise ValueError(f'model.decoder_width={self.decoder_width}: not a positive multiple of size '
+      raise errors.ConfigError(f'config.model.decoder_width={self.decoder_width}: not a positive multiple of size '
                        f'{self.size}\'s decoder head width {dim // heads}')
 
   @property
@@ -151,8 +152,7 @@ class VideoMAE(nnx.Module):
   def __call__(self, video, mask, key=None):
     cfg = self.cfg
     x = video.astype(jnp.float32) / 255.0
-    normed = (x - IMAGENET_MEAN) / IMAGENET_STD
-    patches = vit.patchify(normed, cfg.patch, cfg.tubelet)
+    patches = normalized_patches(video, cfg)
     num_masked = cfg.num_masked
     # Visible tokens first, then masked ones, each in token order (a stable sort of the mask).
     order = jnp.argsort(mask.astype(jnp.int32), axis=1, stable=True)
@@ -188,5 +188,14 @@ def loss_fn(pred, target):
   return jnp.mean((pred - target) ** 2)
 
 
-def count_params(module) -> int:
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+def normalized_patches(video, cfg: ModelConfig):
+  """uint8 (B, T, H, W, 3) -> ImageNet-normalised patches (B, N, kt*p*p*3): what the encoders read."""
+  x = video.astype(jnp.float32) / 255.0
+  return vit.patchify((x - IMAGENET_MEAN) / IMAGENET_STD, cfg.patch, cfg.tubelet)
+
+
+def count_params(tree) -> int:
+  """Parameters of a module, or of a parameter dict."""
+  if isinstance(tree, nnx.Module):
+    tree = nnx.state(tree, nnx.Param)
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))

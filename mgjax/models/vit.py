@@ -44,7 +44,7 @@ def resolve_attention(attention: str, dtype, head_dim: int, backend: Optional[st
                       capability: Optional[str] = None) -> str:
   """The attention implementation a model runs: 'auto' is cuDNN's fused (flash) attention on an NVIDIA GPU of
   compute capability 8.0 or newer when the computation is bfloat16 or float16 and the head width is a
-  multiple of 8 up to 128 (what that kernel takes), else XLA's. Measured on one H200 (README, Step speed):
+  multiple of 8 up to 128 (what that kernel takes), else XLA's. Measured on one H200 (README, Performance):
   ViT-L pretraining 390 clips/s with cuDNN against 190 with XLA's attention."""
   if attention != 'auto':
     return attention

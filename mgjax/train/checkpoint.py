@@ -1,14 +1,15 @@
-"""orbax checkpoints of the train state together with the grain iterator state.
+"""orbax checkpoints of the train state together with the grain iterator state, and preemption.
 
 One CheckpointManager per workdir (`workdir/checkpoints/<step>/{state,data_iter,input}`), asynchronous,
 atomic (orbax writes to a temporary folder and renames it when complete), keeping the last `keep` and
 every `keep_period`-th. Restoring uses abstract targets that carry the current shardings, so a run can
-resume on another mesh.
+resume on another mesh. `Preemption` turns SIGTERM into a checkpoint at the next step boundary.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from typing import Callable, Iterator, Optional
 
 import grain
@@ -62,3 +63,19 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, shardings, make_iter: C
                     'state is restored; the input continues at batch %d, recomputed.', step,
                     type(e).__name__, e, step)
     return state, step, make_iter(step), step
+
+
+class Preemption:
+  """SIGTERM sets `requested`; the training loop saves at the next step boundary and exits."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM: saving a checkpoint at the next step, then exiting.')
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._old)

@@ -1,49 +1,20 @@
-"""The model as pure functions of a parameter pytree, the train state, and the jitted train step.
-
-The NNX module is split once (graphdef + a template state); inside jit the step merges it back from the
-parameter dict, so the hot path handles plain pytrees only.
-"""
+"""The train state and the jitted train step, over the model as pure functions of its parameter dict
+(models/functional.py): inside jit the step merges the module back from plain pytrees."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
-from mgjax.models import videomae
+from mgjax.models import functional
 from mgjax.train import sharding
 
 
-@dataclasses.dataclass
-class ModelFns:
-  cfg: videomae.ModelConfig
-  graphdef: nnx.GraphDef
-  template: nnx.State  # abstract parameter state: the structure to merge a parameter dict into
-
-  @classmethod
-  def create(cls, cfg: videomae.ModelConfig) -> 'ModelFns':
-    graphdef, template = nnx.split(nnx.eval_shape(lambda: videomae.VideoMAE(cfg, rngs=nnx.Rngs(0))))
-    return cls(cfg, graphdef, template)
-
-  def init(self, seed: int) -> dict:
-    return nnx.state(videomae.VideoMAE(self.cfg, rngs=nnx.Rngs(seed)), nnx.Param).to_pure_dict()
-
-  def module(self, params: dict) -> videomae.VideoMAE:
-    state = jax.tree.map(lambda x: x, self.template)
-    nnx.replace_by_pure_dict(state, params)
-    return nnx.merge(self.graphdef, state)
-
-  def loss(self, params, video, mask, key=None):
-    pred, target = self.module(params)(video, mask, key)
-    return videomae.loss_fn(pred, target)
-
-
-def abstract_state(fns: ModelFns, tx: optax.GradientTransformation):
+def abstract_state(fns: functional.ModelFns, tx: optax.GradientTransformation):
   def init(seed):
     params = fns.init(seed)
     return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
@@ -54,7 +25,7 @@ def state_shardings(mesh, abstract):
   return sharding.tree_shardings(mesh, abstract)
 
 
-def create_state(fns: ModelFns, tx, mesh, seed: int):
+def create_state(fns: functional.ModelFns, tx, mesh, seed: int):
   """Initialises the train state directly into its shardings (never whole on one device)."""
   abstract, init = abstract_state(fns, tx)
   shardings = state_shardings(mesh, abstract)

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mgjax.models import vit
 from mgjax.models.videomae import ModelConfig
-
-
-def _patchify(x, p, kt):
-  b, t, h, w, c = x.shape
-  x = x.reshape(b, t // kt, kt, h // p, p, w // p, p, c).transpose(0, 1, 3, 5, 2, 4, 6, 7)
-  return x.reshape(b, -1, kt * p * p, c)
 
 
 def _unpatchify(patches, cfg: ModelConfig):
@@ -26,7 +21,8 @@ def reconstruction_grid(video: np.ndarray, mask: np.ndarray, pred: np.ndarray, c
   """video uint8 (B,T,H,W,3), mask bool (B,N), pred (B,M,P) normalised-pixel predictions of the masked
   tokens in token order. Returns uint8 rows of [input | masked | reconstruction] for two frames."""
   x = video.astype(np.float32) / 255.0
-  patches = _patchify(x, cfg.patch, cfg.tubelet)  # (B, N, kt*p*p, C)
+  patches = vit.patchify(x, cfg.patch, cfg.tubelet)
+  patches = patches.reshape(patches.shape[:2] + (-1, 3))  # (B, N, kt*p*p, C)
   mean = patches.mean(axis=2, keepdims=True)
   std = patches.std(axis=2, ddof=1, keepdims=True)
   recon = patches.copy()

@@ -1,0 +1,88 @@
+"""Pretraining: what VideoMAE pretraining gives the trainer (train/trainer.py).
+
+    train_and_evaluate(config, workdir)
+
+The masked-autoencoder model and its loss, the pretraining input pipeline (windows of the `pretrain`
+records with their masks), and pictures of input | masked | reconstruction every viz_every steps.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from mgjax import errors
+from mgjax.data import pretrain as pipeline
+from mgjax.data import records
+from mgjax.models import functional
+from mgjax.models.videomae import ModelConfig
+from mgjax.train import sharding
+from mgjax.train import step as step_lib
+from mgjax.train import trainer
+from mgjax.train import viz
+
+
+def model_config(config) -> ModelConfig:
+  cfg = ModelConfig(**config.model.to_dict())
+  if cfg.mask_type not in pipeline.MASK_TYPES:
+    raise errors.ConfigError(f'config.model.mask_type: unknown {cfg.mask_type!r}; known: {pipeline.MASK_TYPES}')
+  return cfg
+
+
+def pipeline_config(config, data_dir: str, model_cfg: ModelConfig) -> pipeline.PipelineConfig:
+  d = config.data
+  return pipeline.PipelineConfig(
+      data_dir=data_dir, config=d.name, split=d.split, seed=config.seed, global_batch=config.global_batch,
+      sampling=pipeline.SamplingConfig(frames=model_cfg.frames, stride=d.stride, sampling=d.sampling,
+                                       static_motion=d.static_motion, static_keep=d.static_keep),
+      augment=pipeline.AugmentConfig(image_size=model_cfg.image_size, scales=tuple(d.scales), flip=d.flip,
+                                     num_repeats=d.num_repeats),
+      grid=model_cfg.grid, mask_ratio=model_cfg.mask_ratio,
+      mask_type=model_cfg.mask_type, workers=d.workers, prefetch=d.prefetch)
+
+
+def make_task(config, workdir: str, mesh, data_dir: str) -> trainer.Task:
+  model_cfg = model_config(config)
+  source = records.data_source(data_dir, config.data.name, config.data.split)
+  pcfg = pipeline_config(config, data_dir, model_cfg)
+  fns = functional.ModelFns.create(model_cfg)
+
+  def make_iter(start_batch: int):
+    return iter(pipeline.make_dataset(pcfg, jax.process_index(), jax.process_count(), source=source,
+                                      start_batch=start_batch))
+
+  recon = jax.jit(lambda p, v, m: fns.module(p)(v, m)[0])
+
+  def pictures(step, state, host, writer):
+    if jax.process_count() == 1:
+      write_reconstruction(workdir, writer, step, recon, state['params'], host, model_cfg, mesh)
+
+  return trainer.Task(
+      name='Pretraining', fns=fns, epoch_size=len(source), make_iter=make_iter,
+      batch_ndims={'video': 6, 'mask': 3},
+      make_step=lambda tx, lr_fn: step_lib.make_train_step(fns, tx, lr_fn, drop_path=model_cfg.drop_path > 0),
+      hooks=[trainer.Hook(config.viz_every, pictures)])
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  return trainer.train_and_evaluate(config, workdir, make_task)
+
+
+def write_reconstruction(workdir, writer, step, recon, params, host, model_cfg, mesh):
+  """The first clips of the batch: input | masked | reconstruction, to workdir/reconstructions and
+  TensorBoard."""
+  n = min(4, host['video'].shape[0])
+  video, mask = host['video'][:n], host['mask'][:n]
+  rep = sharding.replicated(mesh)
+  pred = np.asarray(jax.device_get(recon(params, jax.device_put(jnp.asarray(video), rep),
+                                         jax.device_put(jnp.asarray(mask), rep))))
+  grid = viz.reconstruction_grid(video, mask, pred, model_cfg)
+  if jax.process_index() == 0:
+    os.makedirs(os.path.join(workdir, 'reconstructions'), exist_ok=True)
+    Image.fromarray(grid).save(os.path.join(workdir, 'reconstructions', f'step_{step:07d}.png'))
+  writer.image(step, 'reconstruction', grid)

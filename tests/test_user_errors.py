@@ -1,0 +1,58 @@
+"""User errors end a binary with one line naming the key or path and what to do, exit status 2, and no
+traceback: a data_dir without records, records of another builder version, a missing init checkpoint,
+weights of another model, a config value out of range."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests import helpers
+
+
+def _main(built, workdir, *extra):
+  return [sys.executable, '-m', 'mgjax.main', '--config=configs/demo.py', f'--workdir={workdir}',
+          f'--config.data.data_dir={built}', '--config.total_steps=2', '--config.data.workers=0', *extra]
+
+
+def _old_version(built, root):
+  """A copy of the built clips records as an older builder version would have left them."""
+  old = os.path.join(root, 'imigue3k', 'clips', '0.9.0')
+  shutil.copytree(os.path.join(built, 'imigue3k', 'clips', '1.0.0'), old)
+  return root
+
+
+CASES = {
+    'no records': (lambda built, pre, tmp: _main('/nonexistent/records', tmp / 'w'),
+                   ['/nonexistent/records: no imigue3k/pretrain records', 'tfds build']),
+    'unknown model size': (lambda built, pre, tmp: _main(built, tmp / 'w', '--config.model.size=Q'),
+                           ["config.model.size: unknown 'Q'"]),
+    'missing init': (lambda built, pre, tmp: helpers.finetune_cmd(built, str(tmp / 'nothing'), str(tmp / 'w'), 2),
+                     [f'no such checkpoint: {{tmp}}{os.sep}nothing']),
+    'init of another model': (
+        lambda built, pre, tmp: helpers.finetune_cmd(built, pre, str(tmp / 'w'), 2, '--config.model.size=XS'),
+        ['a T model (patch 16, tubelet 2) cannot initialise the XS config']),
+    'label fraction': (lambda built, pre, tmp: helpers.finetune_cmd(built, '', str(tmp / 'w'), 2,
+                                                                     '--config.label_fraction=1.5'),
+                       ['config.label_fraction=1.5']),
+    'old builder version': (
+        lambda built, pre, tmp: [sys.executable, '-m', 'mgjax.evaluate', '--config=configs/eval.py',
+                                 '--config.checkpoint=random', f'--config.data_dir={_old_version(built, tmp / "d")}',
+                                 f'--workdir={tmp / "e"}'],
+        ['records of builder version 0.9.0; this mgjax reads version 1.0.0']),
+}
+
+
+@pytest.mark.parametrize('case', sorted(CASES))
+def test_user_error_is_one_line_without_traceback(case, built, pretrain_run, tmp_path):
+  make, wanted = CASES[case]
+  out = subprocess.run(make(built, pretrain_run, tmp_path), cwd=helpers.REPO, capture_output=True, text=True)
+  lines = [line for line in out.stderr.splitlines() if line.strip()]
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert 'Traceback' not in out.stderr, out.stderr[-3000:]
+  assert lines[-1].startswith('error: '), lines[-5:]
+  assert sum(line.startswith('error: ') for line in lines) == 1
+  for w in wanted:
+    assert w.format(tmp=tmp_path) in lines[-1], lines[-1]
