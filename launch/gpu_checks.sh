@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks one lent GPU session runs, as one script (run from the repository root):
+# The checks to run on a GPU machine, as one script (run from the repository root):
 #
 #   OUT=/tmp/gpu_out bash launch/gpu_checks.sh
 #

@@ -6,12 +6,11 @@ PATH: an mgjax workdir (its latest checkpoint), one checkpoint (WORKDIR/checkpoi
 this command wrote (any format: it converts between them). The formats are described in mgjax/weights.py.
 """
 
-import jax
-import numpy as np
 from absl import flags
 
 from mgjax import cli
 from mgjax import weights
+from mgjax.models import videomae
 
 flags.DEFINE_string('checkpoint', None, 'mgjax workdir, checkpoint, or exported directory.')
 flags.DEFINE_enum('format', None, ['hf', 'official', 'orbax'], 'What to write.')
@@ -23,7 +22,7 @@ def main(argv):
   f = flags.FLAGS
   w = weights.load(f.checkpoint)
   weights.write(w, f.format, f.out)
-  n = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(w.params))
+  n = videomae.count_params(w.params)
   print(f'wrote {f.format} weights ({n / 1e6:.2f}M parameters, model {w.model.size}'
         f'{", " + str(w.num_classes) + " classes" if w.num_classes else ""}) to {f.out}')
 

@@ -16,11 +16,10 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
 from PIL import Image, ImageEnhance, ImageOps
 
 from mgjax.data import records
-from mgjax.data.pretrain import ProcessSlice, flatten_repeats
+from mgjax.data import stream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,20 +172,9 @@ def labelled_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
 def make_dataset(source, indices: Sequence[int], labels: np.ndarray, cfg: FinetuneInputConfig,
                  process_index: int = 0, process_count: int = 1, start_batch: int = 0) -> grain.IterDataset:
   """As the pretraining pipeline's make_dataset: per-process host batches from global batch start_batch."""
-  per_process = cfg.global_batch // process_count
-  if cfg.global_batch % process_count or per_process % cfg.num_repeats:
-    raise ValueError(f'global_batch {cfg.global_batch} must split into {process_count} processes and then '
-                     f'into groups of num_repeats={cfg.num_repeats}')
-  per = per_process // cfg.num_repeats
-  ds = grain.MapDataset.range(start_batch * per, 2**62).map(ProcessSlice(per, process_index, process_count))
-  ds = ds.map(ClipAugmenter(source, np.asarray(indices), np.asarray(labels), cfg))
-  ds = ds.batch(per, drop_remainder=True).map(flatten_repeats)
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-  if cfg.workers > 0:
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers))
-  return it
+  return stream.batches(ClipAugmenter(source, np.asarray(indices), np.asarray(labels), cfg),
+                        global_batch=cfg.global_batch, num_repeats=cfg.num_repeats, process_index=process_index,
+                        process_count=process_count, start_batch=start_batch, workers=cfg.workers)
 
 
 def read_labels(data_dir: str, config: str, split: str, source) -> np.ndarray:

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import grain
-from absl import flags
 import numpy as np
 from PIL import Image
 
 from mgjax.data import records
+from mgjax.data import stream
 
 MAX_TRIES = 64  # samples drawn before a chunk with no acceptable window gives up
 
@@ -166,21 +166,6 @@ class ClipMaker:
     return {'video': np.stack(views), 'mask': np.stack(masks)}
 
 
-class ProcessSlice:
-  """This process's j-th element -> its global position: each global batch is cut into process_count
-  consecutive slices, so global batches are the same whatever the number of processes."""
-
-  def __init__(self, per_process: int, process_index: int, process_count: int):
-    self.per, self.index, self.count = per_process, process_index, process_count
-
-  def __call__(self, j: int) -> int:
-    return (j // self.per) * self.per * self.count + self.index * self.per + j % self.per
-
-
-def flatten_repeats(batch):
-  return {k: v.reshape((-1,) + v.shape[2:]) for k, v in batch.items()}
-
-
 def make_dataset(cfg: PipelineConfig, process_index: int = 0, process_count: int = 1,
                  source=None, start_batch: int = 0) -> grain.IterDataset:
   """The per-process stream of host batches of global_batch / process_count clips, from global batch
@@ -188,19 +173,7 @@ def make_dataset(cfg: PipelineConfig, process_index: int = 0, process_count: int
   or workers, whose saved iterator state does not fit, continues with the batches it would have had)."""
   if source is None:
     source = records.data_source(cfg.data_dir, cfg.config, cfg.split)
-  repeats = cfg.augment.num_repeats
-  per_process = cfg.global_batch // process_count
-  if cfg.global_batch % process_count or per_process % repeats:
-    raise ValueError(f'global_batch {cfg.global_batch} must split into {process_count} processes and '
-                     f'then into groups of num_repeats={repeats}')
-  per = per_process // repeats  # decoded windows per process per batch
-  ds = grain.MapDataset.range(start_batch * per, 2**62).map(ProcessSlice(per, process_index, process_count))
-  ds = ds.map(ClipMaker(source, cfg))
-  ds = ds.batch(per, drop_remainder=True).map(flatten_repeats)
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-  if cfg.workers > 0:
-    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app use defaults
-      flags.FLAGS.mark_as_parsed()
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers,
-                                                     per_worker_buffer_size=cfg.prefetch))
-  return it
+  return stream.batches(ClipMaker(source, cfg), global_batch=cfg.global_batch,
+                        num_repeats=cfg.augment.num_repeats, process_index=process_index,
+                        process_count=process_count, start_batch=start_batch, workers=cfg.workers,
+                        prefetch=cfg.prefetch)

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from mgjax import errors
+
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
 # Logical axis -> mesh axes. 'embed' is the model width: FSDP shards parameters along it.
@@ -44,12 +46,13 @@ def make_mesh(shape: Sequence[int], devices=None) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   shape = list(shape)
   if shape.count(-1) > 1:
-    raise ValueError(f'mesh shape {shape}: at most one -1')
+    raise errors.ConfigError(f'config.mesh={tuple(shape)}: at most one -1')
   known = int(np.prod([s for s in shape if s != -1]))
   if -1 in shape:
     shape[shape.index(-1)] = len(devices) // known
   if int(np.prod(shape)) != len(devices):
-    raise ValueError(f'mesh shape {tuple(shape)} needs {int(np.prod(shape))} devices, there are {len(devices)}')
+    raise errors.ConfigError(f'config.mesh: {tuple(shape)} needs {int(np.prod(shape))} devices, there are '
+                             f'{len(devices)}')
   return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 

@@ -1,0 +1,56 @@
+"""The per-process stream of host batches both input pipelines share.
+
+Global position p of the clip stream -> a clip, a function of p alone; global batch b holds positions
+b * per .. (b + 1) * per - 1 (per = global_batch / num_repeats decoded windows, each giving num_repeats
+augmented views). Each process takes its consecutive slice of every global batch, so the global batches
+are the same for any number of processes, and a stream can start at any global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import grain
+from absl import flags
+
+from mgjax import errors
+
+
+class ProcessSlice:
+  """This process's j-th element -> its global position: each global batch is cut into process_count
+  consecutive slices, so global batches are the same whatever the number of processes."""
+
+  def __init__(self, per_process: int, process_index: int, process_count: int):
+    self.per, self.index, self.count = per_process, process_index, process_count
+
+  def __call__(self, j: int) -> int:
+    return (j // self.per) * self.per * self.count + self.index * self.per + j % self.per
+
+
+def flatten_repeats(batch):
+  return {k: v.reshape((-1,) + v.shape[2:]) for k, v in batch.items()}
+
+
+def batches(clip_fn: Callable[[int], dict], *, global_batch: int, num_repeats: int, process_index: int,
+            process_count: int, start_batch: int, workers: int,
+            prefetch: Optional[int] = None) -> grain.IterDataset:
+  """This process's host batches of global_batch / process_count clips from global batch start_batch on.
+
+  clip_fn(position) -> {key: (num_repeats, ...)}: the views of one decoded window. With workers > 0,
+  `workers` grain processes prepare them (prefetch: batches buffered per worker).
+  """
+  per_process = global_batch // process_count
+  if global_batch % process_count or per_process % num_repeats:
+    raise errors.ConfigError(f'config.global_batch={global_batch} must split into {process_count} processes '
+                             f'and then into groups of config.data.num_repeats={num_repeats}')
+  per = per_process // num_repeats  # decoded windows per process per batch
+  ds = grain.MapDataset.range(start_batch * per, 2**62).map(ProcessSlice(per, process_index, process_count))
+  ds = ds.map(clip_fn)
+  ds = ds.batch(per, drop_remainder=True).map(flatten_repeats)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  if workers > 0:
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app use defaults
+      flags.FLAGS.mark_as_parsed()
+    options = {} if prefetch is None else {'per_worker_buffer_size': prefetch}
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, **options))
+  return it
