@@ -17,25 +17,34 @@ from mgjax import errors
 FLAGS = flags.FLAGS
 
 
-def define_run_flags():
-  """--config, --workdir and the multi-process flags of the training binaries."""
-  flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and pictures go. Reused to resume.')
+def define_process_flags():
+  """The flags of a multi-process run (every binary that runs on several processes)."""
   flags.DEFINE_string('coordinator', None, 'host:port of process 0, for multi-process runs.')
   flags.DEFINE_integer('num_processes', None, 'Number of processes in a multi-process run.')
   flags.DEFINE_integer('process_id', None, 'This process in a multi-process run.')
   flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() with what the environment '
                     'says (TPU pods, SLURM).')
+  flags.DEFINE_integer('heartbeat_timeout', 60, 'Seconds without a heartbeat after which a process counts '
+                       'as lost; the others then stop with an error naming it.')
+
+
+def define_run_flags():
+  """--config, --workdir and the multi-process flags of the training binaries."""
+  flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and pictures go. Reused to resume.')
+  define_process_flags()
   config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
   flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def start_processes():
   """jax.distributed for a multi-process run (--coordinator or --distributed), before anything touches
-  a backend. gloo carries the collectives between CPU processes (GPU and TPU use NCCL or ICI)."""
+  a backend. gloo carries the collectives between CPU processes (GPU and TPU use NCCL or ICI). A process
+  that stops sending heartbeats for --heartbeat_timeout seconds counts as lost, and the others stop."""
   if FLAGS.coordinator or FLAGS.distributed:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator, num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id)
+                               process_id=FLAGS.process_id, heartbeat_timeout_seconds=FLAGS.heartbeat_timeout,
+                               shutdown_timeout_seconds=FLAGS.heartbeat_timeout)
   logging.info('JAX %s on %s: %d devices, process %d of %d', jax.__version__, jax.default_backend(),
                jax.device_count(), jax.process_index(), jax.process_count())
 

@@ -38,6 +38,7 @@ from mgjax.evals import common, features
 from mgjax.models import functional, videomae
 
 flags.DEFINE_string('workdir', None, 'Where results.json, report.md, plots and the feature cache go.')
+cli.define_process_flags()
 config_flags.DEFINE_config_file('config', None, 'Evaluation config.', lock_config=True)
 
 
@@ -77,7 +78,8 @@ def evaluate(config, workdir: str) -> dict:
          'weights': fingerprint}
   clips = common.Clips.from_records(config.data_dir, config.clips_config, frames=cfg.frames,
                                     size=cfg.image_size, stride=config.stride, num_clips=config.num_clips,
-                                    batch=config.batch, cache_dir=os.path.join(workdir, 'features'), cache_key=key)
+                                    batch=config.batch, cache_dir=os.path.join(workdir, 'features'), cache_key=key,
+                                    shard_processes=True)
   evaluators = common.build(config.evals, clips, fn, names=list(config.tasks), workdir=workdir)
   results = {'checkpoint': config.checkpoint, 'checkpoint_read': checkpoint, 'weights': fingerprint,
              'model': dataclasses.asdict(cfg), 'data_dir': config.data_dir, 'pooling': config.pooling}
@@ -87,9 +89,10 @@ def evaluate(config, workdir: str) -> dict:
     if ev.predictions is not None:
       arrays.update({f'{name}.{k}': np.asarray(v) for k, v in zip(('pred', 'label', 'subject_id'),
                                                                    ev.predictions)})
-  _write_atomic(os.path.join(workdir, 'predictions.npz'), lambda f: np.savez(f, **arrays), binary=True)
-  _write_atomic(os.path.join(workdir, 'results.json'), lambda f: json.dump(results, f, indent=2))
-  _write_atomic(os.path.join(workdir, 'report.md'), lambda f: f.write(report(results)))
+  if jax.process_index() == 0:
+    _write_atomic(os.path.join(workdir, 'predictions.npz'), lambda f: np.savez(f, **arrays), binary=True)
+    _write_atomic(os.path.join(workdir, 'results.json'), lambda f: json.dump(results, f, indent=2))
+    _write_atomic(os.path.join(workdir, 'report.md'), lambda f: f.write(report(results)))
   return results
 
 
@@ -124,10 +127,12 @@ def report(results: dict) -> str:
 
 def main(argv):
   del argv
+  cli.start_processes()
   results = evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
   logging.info('results: %s', json.dumps({k: {kk: vv for kk, vv in v.items() if not isinstance(vv, dict)}
                                            for k, v in results.items() if isinstance(v, dict) and k != 'model'}))
-  print(report(results))
+  if jax.process_index() == 0:
+    print(report(results))
 
 
 if __name__ == '__main__':

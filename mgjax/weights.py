@@ -68,10 +68,16 @@ def resolve_checkpoint(path: str) -> tuple[str, str]:
 
 def pin(path: str) -> str:
   """A workdir -> its latest checkpoint at this moment (WORKDIR/checkpoints/STEP), so that what a run
-  reads and records stays the same while the workdir trains on; any other path as it is."""
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    return resolve_checkpoint(path)[0]
-  return path
+  reads and records stays the same while the workdir trains on; any other path as it is. With several
+  processes, every one gets the step process 0 found, even if the workdir saved another meanwhile."""
+  if not os.path.isdir(os.path.join(path, 'checkpoints')):
+    return path
+  read = resolve_checkpoint(path)[0]
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    step = int(multihost_utils.broadcast_one_to_all(np.int32(os.path.basename(read))))
+    read = os.path.join(os.path.dirname(read), str(step))
+  return read
 
 
 def _model_from_workdir(workdir: str) -> tuple[videomae.ModelConfig, Optional[int]]:

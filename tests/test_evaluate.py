@@ -337,3 +337,29 @@ def test_evaluate_a_fine_tuning_workdir_and_an_encoder_only_export(built, pretra
   r_full = evaluate_lib.evaluate(_config(pretrain_run, built, tasks=('knn',)), str(tmp_path / 'full'))
   assert r_enc['knn'] == r_full['knn']  # the encoder alone gives the pretraining model's features
   assert r_enc['recognition'] == {'skipped': 'recognition needs a fine-tuned (classifier) checkpoint'}
+
+
+def test_two_process_evaluate_writes_the_same_numbers(built, finetune_run, tmp_path):
+  """`launch/local_multiprocess.sh 2 mgjax.evaluate`: the clips sharded over 2 processes (a block padded
+  when a split does not divide), features and predictions gathered in the records' order: results.json
+  and predictions.npz as from one process."""
+  args = ['--config=configs/eval.py', f'--config.checkpoint={finetune_run}', f'--config.data_dir={built}',
+          '--config.num_clips=1', '--config.evals.knn.k=5', '--config.evals.linear_probe.steps=50',
+          '--config.evals.recognition.test_clips=2', '--config.evals.recognition.test_crops=3']
+  one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
+  out = subprocess.run([sys.executable, '-m', 'mgjax.evaluate', *args, f'--workdir={one}'], cwd=helpers.REPO,
+                       capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  env = dict(os.environ, PYTHON=sys.executable, DEVICES_PER_PROCESS='2')
+  out = subprocess.run(['bash', 'launch/local_multiprocess.sh', '2', 'mgjax.evaluate', *args, f'--workdir={two}'],
+                       cwd=helpers.REPO, capture_output=True, text=True, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert '[0] ' in out.stderr and '[1] ' in out.stderr and 'process 1 of 2' in out.stderr
+  a, b = (json.load(open(os.path.join(w, 'results.json'))) for w in (one, two))
+  for task in common.TYPES:
+    assert a[task] == b[task], task
+  pa, pb = compare_lib.load(one), compare_lib.load(two)
+  assert sorted(pa) == sorted(pb)
+  for k in pa:
+    np.testing.assert_array_equal(pa[k], pb[k])
+  assert len(pa['knn.pred']) == len(records.data_source(built, 'clips', 'test'))

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def _run(cmd, **kw):
 
 @pytest.fixture(scope='module')
 def reference(built, tmp_path_factory):
-  """An uninterrupted 40-step run: the losses every interrupted run must reproduce."""
+  """An uninterrupted 40-step run (its workdir): the losses every interrupted run must reproduce."""
   ref = str(tmp_path_factory.mktemp('reference'))
   out = _run(_cmd(built, ref, 40))
   assert out.returncode == 0, out.stderr[-3000:]
@@ -53,7 +54,7 @@ def reference(built, tmp_path_factory):
   assert np.mean([want[s] for s in range(31, 41)]) < np.mean([want[s] for s in range(1, 11)])
   # The losses as recorded: what the code computes has not changed (rtol: another CPU's rounding).
   np.testing.assert_allclose([want[s] for s in range(1, 41)], helpers.recorded_losses('pretrain'), rtol=2e-4)
-  return want
+  return ref
 
 
 def test_sigterm_sigkill_and_other_worker_counts_resume_exactly(built, reference, tmp_path):
@@ -74,7 +75,7 @@ def test_sigterm_sigkill_and_other_worker_counts_resume_exactly(built, reference
   out = _run(_cmd(built, run, 40))  # same command, same workdir, no workers: resumes by itself
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'Resumed from step' in out.stderr and 'does not fit this run' in out.stderr
-  assert helpers.losses(run) == reference  # bit-exact, every step
+  assert helpers.losses(run) == helpers.losses(reference)  # bit-exact, every step
   assert helpers.checkpoints(run)[-1] == 40
 
 
@@ -183,31 +184,107 @@ def test_fsdp_tensor_mesh_remat_and_micro_batches_match_the_plain_run(built, sho
   np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5)
 
 
-def test_two_processes_over_localhost_match_one_process(built, short_run, tmp_path):
-  """Real multi-process JAX: 2 processes x 4 CPU devices (gloo) form one 8-device mesh; the run then
-  continues on 1 process, whose input continues at the saved batch."""
+class _Two:
+  """A run of 2 processes x 4 CPU devices over 127.0.0.1 (gloo): one 8-device mesh. stderr to files."""
+
+  def __init__(self, cmd, tmp_path, name):
+    port = helpers.free_port()
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
+    self.errs = [open(tmp_path / f'{name}.{i}.err', 'w+') for i in range(2)]
+    self.procs = [subprocess.Popen(cmd + [f'--coordinator=127.0.0.1:{port}', '--num_processes=2',
+                                         f'--process_id={i}'], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=self.errs[i], text=True) for i in range(2)]
+
+  def wait(self, timeout=600):
+    """(exit statuses, stderr texts) once both have ended; neither is left running."""
+    try:
+      codes = [p.wait(timeout=timeout) for p in self.procs]
+    finally:
+      for p in self.procs:
+        if p.poll() is None:
+          p.kill()
+    texts = []
+    for f in self.errs:
+      f.seek(0)
+      texts.append(f.read())
+      f.close()
+    return codes, texts
+
+
+def test_two_processes_over_localhost_match_one_process_and_restore_on_other_meshes(built, short_run, tmp_path):
+  """Real multi-process JAX: 2 processes x 4 CPU devices (gloo) form one 8-device mesh and match the
+  1-process run, kNN included. Then the 2-process checkpoint continues on 1 process with an FSDP x tensor
+  mesh, and the 1-process one on 2 processes with a (2, 2, 2) mesh: both give the same losses."""
   steps = 5
   run = str(tmp_path / 'two')
-  port = helpers.free_port()
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
-  procs = [subprocess.Popen(_cmd(built, run, steps, *EVAL, f'--coordinator=127.0.0.1:{port}',
-                                 '--num_processes=2', f'--process_id={i}'), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True) for i in range(2)]
-  errs = [p.communicate(timeout=600)[1] for p in procs]
-  for p, err in zip(procs, errs):
-    assert p.returncode == 0, err[-3000:]
+  codes, errs = _Two(_cmd(built, run, steps, *EVAL), tmp_path, 'two').wait()
+  assert codes == [0, 0], errs[0][-3000:] + errs[1][-3000:]
   assert 'process 0 of 2' in errs[0] and 'process 1 of 2' in errs[1] and '8 devices' in errs[0]
   want, got = helpers.losses(short_run), helpers.losses(run)
   assert sorted(got) == list(range(1, steps + 1))
   np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5)
   assert helpers.checkpoints(run)[-1] == steps
   assert _evals(run) == _evals(short_run)  # the kNN over two processes' devices: the same clips, features
-  # Both continue to step 8 on one process.
+  # The 2-process checkpoint on 1 process and another mesh; the 1-process one on 2 processes.
   one = str(tmp_path / 'one')
   shutil.copytree(short_run, one)
-  for workdir in (one, run):
-    out = _run(_cmd(built, workdir, 8))
-    assert out.returncode == 0 and f'Resumed from step {steps}' in out.stderr, out.stderr[-3000:]
-    assert ('does not fit this run' in out.stderr) == (workdir == run)
+  out = _run(_cmd(built, run, 8, '--config.mesh=(1,4,2)'))
+  assert out.returncode == 0 and f'Resumed from step {steps}' in out.stderr, out.stderr[-3000:]
+  assert "Mesh {'data': 1, 'fsdp': 4, 'tensor': 2}" in out.stderr and 'does not fit this run' in out.stderr
+  codes, errs = _Two(_cmd(built, one, 8, '--config.mesh=(2,2,2)'), tmp_path, 'one').wait()
+  assert codes == [0, 0] and f'Resumed from step {steps}' in errs[0], errs[0][-3000:]
   want, got = helpers.losses(one), helpers.losses(run)
   np.testing.assert_allclose([got[s] for s in range(6, 9)], [want[s] for s in range(6, 9)], rtol=1e-5)
+
+
+def test_two_processes_agree_on_preemption_and_stop_when_one_is_lost(built, reference, tmp_path):
+  """SIGTERM to process 1 alone: both save the same step and exit 0. Restarted, SIGKILL of process 1: process
+  0 stops within its heartbeat timeout, naming the lost process. Restarted again, the run ends with the
+  uninterrupted run's loss at every step."""
+  run = str(tmp_path / 'run')
+  cmd = _cmd(built, run, 40, '--heartbeat_timeout=10')
+  two = _Two(cmd, tmp_path, 'term')
+  helpers.wait_for_checkpoint(run, two.procs[0], 4)
+  two.procs[1].send_signal(signal.SIGTERM)
+  codes, errs = two.wait(timeout=120)
+  assert codes == [0, 0], errs[0][-3000:] + errs[1][-3000:]
+  saved = [int(re.search(r'every process saves step (\d+)', e).group(1)) for e in errs]
+  assert saved[0] == saved[1] == helpers.checkpoints(run)[-1] < 40
+  two = _Two(cmd, tmp_path, 'kill')
+  helpers.wait_for_checkpoint(run, two.procs[0], saved[0] + 4)
+  two.procs[1].kill()
+  start = time.time()
+  codes, errs = two.wait(timeout=120)
+  assert codes[0] != 0 and time.time() - start < 10 + 30, errs[0][-3000:]
+  assert re.search(r'tasks are unhealthy \(stopped sending heartbeats\):\s*1\b', errs[0]), errs[0][-3000:]
+  codes, errs = _Two(cmd, tmp_path, 'end').wait()
+  assert codes == [0, 0], errs[0][-3000:] + errs[1][-3000:]
+  want, got = helpers.losses(reference), helpers.losses(run)
+  assert sorted(got) == list(range(1, 41))
+  np.testing.assert_allclose([got[s] for s in range(1, 41)], [want[s] for s in range(1, 41)], rtol=1e-5)
+
+
+def test_an_unreadable_latest_checkpoint_is_set_aside(built, reference, tmp_path):
+  """The latest checkpoint's array files truncated: one warning names it, it is moved aside (not deleted),
+  and the run resumes from the one before with the uninterrupted run's losses."""
+  run = str(tmp_path / 'run')
+  shutil.copytree(reference, run)
+  last = helpers.checkpoints(run)[-1]
+  before = helpers.checkpoints(run)[-2]
+  for d, _, files in os.walk(os.path.join(run, 'checkpoints', str(last), 'state')):
+    for f in files:
+      if os.path.basename(d) == 'd':  # the array data files
+        path = os.path.join(d, f)
+        os.truncate(path, os.path.getsize(path) // 2)
+  logged = len(metrics_lib.read_jsonl(os.path.join(run, 'metrics.jsonl')))
+  out = _run(_cmd(built, run, 40))
+  assert out.returncode == 0, out.stderr[-3000:]
+  warned = [line for line in out.stderr.splitlines() if 'does not restore' in line]
+  assert len(warned) == 1 and os.path.join(run, 'checkpoints', str(last)) in warned[0], warned
+  assert f'Resumed from step {before}' in out.stderr
+  assert os.path.isdir(os.path.join(run, 'checkpoints_unreadable', str(last)))
+  new = {r['step']: r['loss'] for r in metrics_lib.read_jsonl(os.path.join(run, 'metrics.jsonl'))[logged:]
+         if 'loss' in r}  # what the restarted run logged
+  want = helpers.losses(reference)
+  assert sorted(new) == list(range(before + 1, 41))
+  np.testing.assert_allclose([new[s] for s in sorted(new)], [want[s] for s in sorted(new)], rtol=1e-5)

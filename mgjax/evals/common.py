@@ -21,7 +21,9 @@ from __future__ import annotations
 import importlib
 from typing import Callable, Iterator, Optional
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from mgjax import errors
 from mgjax.data import records
@@ -33,19 +35,26 @@ SPLITS = ('train', 'test')
 
 class Clips:
   """Labelled clip records (train and test splits) as evaluators read them: windows, metadata, the
-  number of classes (from the dataset's metadata), the protocol and frozen features.
+  number of classes (from the dataset's metadata), the protocol, and per-clip outputs of a model.
 
   limit > 0 takes that many clips per split, evenly spaced over it, and keeps their decoded windows in
   memory: the fixed subset evaluated again and again during training. cache_dir keeps features on disk,
   keyed on cache_key (checkpoint, weights, sampling) and the split: the evaluation binary's cache.
+
+  shard_processes: each process of a multi-process run computes a contiguous share of the clips, and
+  the per-clip outputs are gathered to every process in the records' order (the evaluation binary).
+  Without it every process computes every clip with the same inputs (training, whose predict functions
+  are collectives over the sharded parameters).
   """
 
   def __init__(self, sources: dict, num_classes: int, *, frames: int, size: int, stride: int = 4,
                num_clips: int = 2, batch: int = 16, limit: int = 0, cache_dir: Optional[str] = None,
-               cache_key: Optional[dict] = None, protocol: Optional[dict] = None):
+               cache_key: Optional[dict] = None, protocol: Optional[dict] = None,
+               shard_processes: bool = False):
     self.sources, self.num_classes, self.protocol = sources, num_classes, protocol or {}
     self.frames, self.size, self.stride, self.num_clips, self.batch = frames, size, stride, num_clips, batch
     self.limit, self.cache_dir, self.cache_key = limit, cache_dir, cache_key
+    self.shard = shard_processes and jax.process_count() > 1
     self._kept = {}  # (split, windows, crops) -> [(views, meta)] when limit > 0
     self._memo = (None, None)  # (params, features) of the last call
 
@@ -62,14 +71,22 @@ class Clips:
       return np.arange(n)
     return np.unique(np.linspace(0, n - 1, self.limit).round().astype(int))
 
-  def views(self, split: str, windows: int, crops: int = 1) -> Iterator[tuple[np.ndarray, dict]]:
-    """(uint8 (windows * crops, frames, size, size, 3), metadata) of every clip, window-major."""
+  def _share(self, idx: np.ndarray) -> tuple[np.ndarray, int]:
+    """(this process's clips, padded to the same count on every process by repeating one, how many are
+    its own): contiguous blocks, block p for process p."""
+    if not self.shard:
+      return idx, len(idx)
+    per = -(-len(idx) // jax.process_count())
+    mine = idx[jax.process_index() * per:(jax.process_index() + 1) * per]
+    return np.concatenate([mine, np.repeat(idx[-1:], per - len(mine))]), len(mine)
+
+  def _views(self, split: str, idx: np.ndarray, windows: int, crops: int):
     key = (split, windows, crops)
     if key in self._kept:
       yield from self._kept[key]
       return
     kept = [] if self.limit else None
-    source, idx = self.sources[split], self.indices(split)
+    source = self.sources[split]
     for j in features_lib.progress(len(idx), f'{split} clips'):
       r = source[int(idx[j])]
       item = (features_lib.clip_views(r, self.frames, self.stride, windows, self.size, crops),
@@ -80,6 +97,38 @@ class Clips:
     if kept is not None:
       self._kept[key] = kept
 
+  def per_clip(self, split: str, windows: int, crops: int, fn: Callable) -> tuple[np.ndarray, dict]:
+    """fn(uint8 views (V, frames, size, size, 3)) -> (V, ...) outputs, `batch` views at a time (the last
+    batch padded, the padding dropped); per clip the mean over its windows * crops views. Returns
+    (outputs (clips, ...) in the records' order, metadata {key: (clips,)}) of every clip of the split."""
+    idx = self.indices(split)
+    mine, own = self._share(idx)
+    views_per_clip = windows * crops
+    outs, metas, pending = [], [], []
+
+    def flush():
+      x = np.concatenate([v for v, _ in pending])
+      pad = (-len(x)) % self.batch
+      y = np.asarray(fn(np.concatenate([x, x[:pad]]) if pad else x))[:len(x)]
+      outs.extend(y[i * views_per_clip:(i + 1) * views_per_clip].mean(0) for i in range(len(pending)))
+      metas.extend(m for _, m in pending)
+      pending.clear()
+
+    for item in self._views(split, mine, windows, crops):
+      pending.append(item)
+      if len(pending) * views_per_clip >= self.batch:
+        flush()
+    if pending:
+      flush()
+    out = np.stack(outs)
+    if self.shard:  # every process's block, in order, without the padding
+      blocks = multihost_utils.process_allgather(out)
+      counts = multihost_utils.process_allgather(np.int32(own))
+      out = np.concatenate([blocks[q][:counts[q]] for q in range(len(counts))])
+      metas = [features_lib.metadata(self.sources[split][int(i)]) for i in idx]
+    meta = {k: np.asarray([m[k] for m in metas[:len(idx)]]) for k in features_lib.META}
+    return out, meta
+
   def features(self, feature_fn: Callable, params) -> dict:
     """{'train': ..., 'test': ...}, each {'features': (clips, D), 'label', 'video_id', 'emotion',
     'subject_id'}; computed once per params object (the evaluators of one evaluation share them)."""
@@ -87,8 +136,9 @@ class Clips:
       return self._memo[1]
     out = {}
     for split in SPLITS:
-      compute = lambda split=split: features_lib.extract(
-          lambda v: feature_fn(params, v), self.views(split, self.num_clips), self.num_clips, self.batch)
+      def compute(split=split):
+        f, meta = self.per_clip(split, self.num_clips, 1, lambda v: feature_fn(params, v))
+        return {'features': f.astype(np.float32), **meta}
       if self.cache_dir:
         out[split] = features_lib.cached(self.cache_dir, {**(self.cache_key or {}), 'split': split}, compute)
       else:

@@ -108,6 +108,9 @@ def metadata(record) -> dict:
 def progress(n: int, desc: str):
   """range(n) with progress: a live bar on a terminal; in a log file (SLURM, nohup) a log line every 30 s
   and at the end, instead of a carriage-return redraw per clip."""
+  if jax.process_index() != 0:
+    yield from range(n)
+    return
   if sys.stderr.isatty():
     yield from tqdm.trange(n, desc=desc, unit='clip', leave=False)
     return
@@ -123,30 +126,6 @@ def progress(n: int, desc: str):
 META = ('label', 'video_id', 'emotion', 'subject_id')
 
 
-def extract(feature_fn, clips, num_clips: int, batch: int = 16) -> dict:
-  """Features and metadata of every clip of `clips` ((views, metadata) pairs, `num_clips` views each):
-  the mean of feature_fn over a clip's views, computed `batch` views at a time."""
-  feats, meta = [], {k: [] for k in META}
-  pending = []
-
-  def flush():
-    x = np.concatenate(pending)
-    pad = (-len(x)) % batch
-    out = np.asarray(feature_fn(np.concatenate([x, x[:pad]]) if pad else x))[:len(x)]
-    feats.extend(out[i * num_clips:(i + 1) * num_clips].mean(0) for i in range(len(pending)))
-    pending.clear()
-
-  for views, m in clips:
-    pending.append(views)
-    for k in META:
-      meta[k].append(m[k])
-    if len(pending) * num_clips >= batch:
-      flush()
-  if pending:
-    flush()
-  return {'features': np.stack(feats).astype(np.float32), **{k: np.asarray(v) for k, v in meta.items()}}
-
-
 def weights_fingerprint(params: dict) -> str:
   """A short hash of a parameter dict (every leaf's path, shape and up to 4096 of its values, evenly
   strided): what the feature cache is keyed on, so a checkpoint path whose weights have changed (a workdir
@@ -160,13 +139,20 @@ def weights_fingerprint(params: dict) -> str:
 
 
 def cached(cache_dir: str, key: dict, compute) -> dict:
-  """compute() once per key (checkpoint, split, sampling); later calls read the .npz."""
+  """compute() once per key (checkpoint, split, sampling); later calls read the .npz. With several
+  processes, process 0 decides whether the file is there (compute is a collective) and writes it."""
   name = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
   path = os.path.join(cache_dir, f'{name}.npz')
-  if os.path.exists(path):
+  there = os.path.exists(path)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    there = bool(multihost_utils.broadcast_one_to_all(np.int32(there)))
+  if there:
     with np.load(path, allow_pickle=False) as z:
       return {k: z[k] for k in z.files}
   out = compute()
+  if jax.process_index() != 0:
+    return out
   os.makedirs(cache_dir, exist_ok=True)
   tmp = path + '.tmp.npz'
   np.savez(tmp, **out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+import jax
 import numpy as np
 from PIL import Image
 
@@ -29,26 +30,12 @@ class Evaluator(common.Evaluator):
       return {'skipped': 'recognition needs a fine-tuned (classifier) checkpoint'}
     n = self.clips.num_classes
     views = self.test_clips * self.test_crops
-    probs, meta = [], []
-    pending = []
-
-    def flush():
-      x = np.concatenate([v for v, _ in pending])
-      p = softmax(np.asarray(self.logits(params, x), np.float64))
-      probs.extend(p[i * views:(i + 1) * views].mean(0) for i in range(len(pending)))
-      meta.extend(m for _, m in pending)
-      pending.clear()
-
-    for item in self.clips.views(self.split, self.test_clips, self.test_crops):
-      pending.append(item)
-      if len(pending) * views >= self.clips.batch:
-        flush()
-    if pending:
-      flush()
-    probs, labels = np.stack(probs), np.asarray([m['label'] for m in meta])
-    self.predictions = (probs.argmax(1), labels, np.asarray([m['subject_id'] for m in meta]))
+    probs, meta = self.clips.per_clip(self.split, self.test_clips, self.test_crops,
+                                      lambda v: softmax(np.asarray(self.logits(params, v), np.float64)))
+    labels = meta['label']
+    self.predictions = (probs.argmax(1), labels, meta['subject_id'])
     out = {'views': views, **metrics.classification(probs, labels, n)}
-    if self.workdir:
+    if self.workdir and jax.process_index() == 0:
       heatmap(metrics.confusion(probs.argmax(1), labels, n)).save(os.path.join(self.workdir, 'confusion.png'))
       out['confusion_png'] = 'confusion.png'
     return out

@@ -16,6 +16,9 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
+
+from mgjax import errors
 
 
 def make_manager(workdir: str, *, every_steps: int, keep: int, keep_period: Optional[int],
@@ -37,19 +40,31 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_iter, start_batch: 
                    force=force)
 
 
-def restore(mngr: ocp.CheckpointManager, abstract_state, shardings, make_iter: Callable[[int], Iterator],
-            step: Optional[int] = None):
-  """Restores (state, step, data iterator, the global batch its dataset starts at).
+def restore(mngr: ocp.CheckpointManager, abstract_state, shardings, make_iter: Callable[[int], Iterator]):
+  """Restores (state, step, data iterator, the global batch its dataset starts at) from the newest
+  checkpoint that restores.
+
+  A complete checkpoint whose files do not read (truncated, corrupted) is named in one warning, moved
+  aside to `checkpoints_unreadable/<step>` beside the checkpoints (never deleted), and the next older one
+  is tried. One whose arrays have other shapes than this run's state (another model or optimizer) is a
+  user error, not corruption: nothing is moved.
 
   make_iter(start_batch) builds the input iterator from global batch start_batch on. It is built where
   the saving run's started and its saved position restored; if that state does not fit this run (another
   number of processes or workers), a warning says so and it is built at batch `step` instead: the input
   streams are functions of the batch index, so both continue with the batches an uninterrupted run sees.
   """
-  step = mngr.latest_step() if step is None else step
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
                         shardings)
-  state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']
+  for step in sorted(mngr.all_steps(), reverse=True):
+    _check_shapes(mngr, step, abstract_state)
+    try:
+      state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']
+      break
+    except Exception as e:  # pylint: disable=broad-except  (TensorStore and orbax raise several kinds)
+      _set_aside(mngr, step, e)
+  else:
+    return None
   start_batch = 0
   if 'input' in (mngr.item_metadata(step) or {}):
     start_batch = int(mngr.restore(step, args=ocp.args.Composite(input=ocp.args.JsonRestore()))['input'][
@@ -65,17 +80,66 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, shardings, make_iter: C
     return state, step, make_iter(step), step
 
 
+def _check_shapes(mngr: ocp.CheckpointManager, step: int, abstract_state):
+  try:
+    meta = mngr.item_metadata(step)['state']
+    saved = {jax.tree_util.keystr(p): tuple(m.shape)
+             for p, m in jax.tree_util.tree_flatten_with_path(getattr(meta, 'tree', meta))[0]}
+  except Exception:  # pylint: disable=broad-except  unreadable metadata: the restore will say
+    return
+  for p, a in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+    k = jax.tree_util.keystr(p)
+    if k in saved and saved[k] != tuple(a.shape):
+      raise errors.UserError(
+          f'{os.path.join(str(mngr.directory), str(step))}: {k} is {saved[k]} in the checkpoint and '
+          f'{tuple(a.shape)} in this run: the workdir holds another model or optimizer. Use another '
+          f'--workdir, or the config it was written with ({os.path.dirname(str(mngr.directory))}/config.json).')
+
+
+def _set_aside(mngr: ocp.CheckpointManager, step: int, error: Exception):
+  src = os.path.join(str(mngr.directory), str(step))
+  dst = os.path.join(os.path.dirname(str(mngr.directory)), 'checkpoints_unreadable', str(step))
+  message = str(error).strip().splitlines()[0][:300] if str(error).strip() else ''
+  logging.warning('Checkpoint %s does not restore (%s: %s); moved to %s, trying the one before.', src,
+                  type(error).__name__, message, dst)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'checkpoint {step} read')
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    os.replace(src, dst if not os.path.exists(dst) else f'{dst}.{os.getpid()}')
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'checkpoint {step} set aside')
+  mngr.reload()
+
+
 class Preemption:
-  """SIGTERM sets `requested`; the training loop saves at the next step boundary and exits."""
+  """Whether to save and exit after a step, agreed by every process.
+
+  One process: SIGTERM sets a flag, and the loop saves at the next step boundary. Several processes:
+  JAX's coordination service (jax.distributed) takes the preemption notice (SIGTERM to any one process,
+  or the TPU runtime's own) and agrees on the step every process saves at,
+  `multihost_utils.reached_preemption_sync_point`, as MaxText's checkpointing does; every process asks
+  it after every step, and all of them get True at the same step.
+  """
 
   def __init__(self):
     self.requested = False
-    self._old = signal.signal(signal.SIGTERM, self._handler)
+    self._multi = jax.process_count() > 1
+    self._old = None if self._multi else signal.signal(signal.SIGTERM, self._handler)
 
   def _handler(self, signum, frame):
     del signum, frame
     logging.warning('SIGTERM: saving a checkpoint at the next step, then exiting.')
     self.requested = True
 
+  def reached(self, step: int) -> bool:
+    """Whether every process saves after `step` and exits."""
+    if self._multi:
+      if multihost_utils.reached_preemption_sync_point(step):
+        logging.warning('Preemption notice: every process saves step %d, then exits.', step)
+        self.requested = True
+    return self.requested
+
   def restore(self):
-    signal.signal(signal.SIGTERM, self._old)
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from jax.experimental import multihost_utils
 
 from mgjax import errors
 from mgjax import weights
@@ -71,16 +70,6 @@ def init_from_pretrained(params: dict, path: str, cfg: videomae.ModelConfig) -> 
   return convert.unflatten(flat_new)
 
 
-def pin_init(path: str) -> str:
-  """The checkpoint `path` names now (a workdir's latest step), the same on every process: process 0's,
-  even if the workdir saved another step meanwhile."""
-  read = weights.pin(path)
-  if read != path and jax.process_count() > 1:
-    step = int(multihost_utils.broadcast_one_to_all(np.int32(os.path.basename(read))))
-    read = os.path.join(os.path.dirname(read), str(step))
-  return read
-
-
 def check_config(config):
   """The values fine-tuning checks before it writes anything."""
   if not 0 < config.label_fraction <= 1:
@@ -124,7 +113,7 @@ def make_task(config, workdir: str, mesh, data_dir: str) -> trainer.Task:
   def init_params(seed):
     params = fns.init(seed)
     if config.init:
-      init['read'] = pin_init(config.init)
+      init['read'] = weights.pin(config.init)
       logging.info('Initialising from %s', init['read'])
       params = init_from_pretrained(params, init['read'], model_cfg)
     return params

@@ -93,8 +93,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, make_tas
   shardings = step_lib.state_shardings(mesh, abstract)
   c = config.checkpoint
   mngr = ckpt.make_manager(workdir, every_steps=c.every_steps, keep=c.keep, keep_period=c.keep_period)
-  if mngr.latest_step() is not None:
-    state, start, data_iter, input_start = ckpt.restore(mngr, abstract, shardings, task.make_iter)
+  restored = ckpt.restore(mngr, abstract, shardings, task.make_iter)
+  if restored is not None:
+    state, start, data_iter, input_start = restored
     logging.info('Resumed from step %d in %s', start, workdir)
   else:
     if task.init_params is None:
@@ -159,7 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, make_tas
         jax.profiler.stop_trace()
       late.push(done, m)
       due = [h for h in hooks if h.every and (done % h.every == 0 or done == total_steps)]
-      stop = preempt.requested
+      stop = preempt.reached(done)
       if stop or due or done == total_steps or done % c.every_steps == 0:
         late.flush()
       for h in due:
