@@ -33,6 +33,7 @@ from ml_collections import config_flags
 
 from mgjax import cli
 from mgjax import errors
+from mgjax import files
 from mgjax import weights
 from mgjax.evals import common, features
 from mgjax.models import functional, videomae
@@ -63,7 +64,7 @@ def predict_fns(fns: functional.ModelFns, pooling: str) -> dict:
 
 
 def evaluate(config, workdir: str) -> dict:
-  os.makedirs(workdir, exist_ok=True)
+  files.path(workdir).mkdir(parents=True, exist_ok=True)
   unknown = sorted(set(config.tasks) - set(config.evals.keys()))
   if unknown:
     raise errors.ConfigError(f'config.tasks: unknown task(s) {unknown}; known: {tuple(config.evals.keys())}')
@@ -78,7 +79,7 @@ def evaluate(config, workdir: str) -> dict:
          'weights': fingerprint}
   clips = common.Clips.from_records(config.data_dir, config.clips_config, frames=cfg.frames,
                                     size=cfg.image_size, stride=config.stride, num_clips=config.num_clips,
-                                    batch=config.batch, cache_dir=os.path.join(workdir, 'features'), cache_key=key,
+                                    batch=config.batch, cache_dir=files.path(workdir) / 'features', cache_key=key,
                                     shard_processes=True)
   evaluators = common.build(config.evals, clips, fn, names=list(config.tasks), workdir=workdir)
   results = {'checkpoint': config.checkpoint, 'checkpoint_read': checkpoint, 'weights': fingerprint,
@@ -90,18 +91,11 @@ def evaluate(config, workdir: str) -> dict:
       arrays.update({f'{name}.{k}': np.asarray(v) for k, v in zip(('pred', 'label', 'subject_id'),
                                                                    ev.predictions)})
   if jax.process_index() == 0:
-    _write_atomic(os.path.join(workdir, 'predictions.npz'), lambda f: np.savez(f, **arrays), binary=True)
-    _write_atomic(os.path.join(workdir, 'results.json'), lambda f: json.dump(results, f, indent=2))
-    _write_atomic(os.path.join(workdir, 'report.md'), lambda f: f.write(report(results)))
+    out = files.path(workdir)
+    files.write_atomic(out / 'predictions.npz', lambda f: np.savez(f, **arrays), binary=True)
+    files.write_json(out / 'results.json', results)
+    files.write_atomic(out / 'report.md', lambda f: f.write(report(results)))
   return results
-
-
-def _write_atomic(path: str, write, binary: bool = False):
-  """A file is either its old self or complete: written beside it, then renamed over it."""
-  tmp = path + '.tmp'
-  with open(tmp, 'wb' if binary else 'w') as f:
-    write(f)
-  os.replace(tmp, path)
 
 
 def report(results: dict) -> str:

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -105,21 +106,21 @@ def test_non_finite_loss_stops_at_the_last_good_checkpoint(built, tmp_path):
 
 
 def test_two_processes_over_localhost_match_one_process(built, pretrain_run, tmp_path):
-  """Real multi-process JAX (2 processes x 4 CPU devices, gloo), starting from a checkpoint that an
-  8-device run saved: every process reads it whatever devices it has."""
+  """Real multi-process JAX (2 processes x 4 CPU devices, gloo, started by launch/local_multiprocess.sh),
+  starting from a checkpoint that an 8-device run saved: every process reads it whatever devices it has;
+  the single-view evaluation during training gives the same numbers."""
   steps, extra = 4, ('--config.eval_every=4', '--config.label_fraction=0.5')
   ref = str(tmp_path / 'one')
   out = subprocess.run(_cmd(built, pretrain_run, ref, steps, *extra), cwd=helpers.REPO, capture_output=True,
                        text=True)
   assert out.returncode == 0, out.stderr[-3000:]
-  run, port = str(tmp_path / 'two'), helpers.free_port()
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
-  procs = [subprocess.Popen(_cmd(built, pretrain_run, run, steps, *extra, f'--coordinator=127.0.0.1:{port}',
-                                 '--num_processes=2', f'--process_id={i}'), cwd=helpers.REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
-  errs = [p.communicate(timeout=600)[1] for p in procs]
-  for p, err in zip(procs, errs):
-    assert p.returncode == 0, err[-3000:]
+  run = str(tmp_path / 'two')
+  cmd = _cmd(built, pretrain_run, run, steps, *extra)
+  assert cmd[1:3] == ['-m', 'mgjax.finetune']
+  env = dict(os.environ, PYTHON=sys.executable, DEVICES_PER_PROCESS='4')
+  out = subprocess.run(['bash', 'launch/local_multiprocess.sh', '2', 'mgjax.finetune', *cmd[3:]], cwd=helpers.REPO,
+                       env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0 and '[1] ' in out.stderr and 'process 1 of 2' in out.stderr, out.stderr[-3000:]
   want, got = helpers.losses(ref), helpers.losses(run)
   assert sorted(got) == list(range(1, steps + 1))
   np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5)

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from mgjax.train import metrics as metrics_lib
 from tests import helpers
@@ -31,7 +32,7 @@ def _cmd(built, workdir, steps, *extra):
           '--config.eval_every=0', *extra]
 
 
-EVAL = ('--config.eval_every=5', '--config.eval.limit=12')  # the frozen-feature kNN at step 5
+EVAL = ('--config.eval_every=5', '--config.eval.limit=12', '--config.viz_every=5')  # kNN, pictures at step 5
 
 
 def _evals(workdir):
@@ -225,6 +226,8 @@ def test_two_processes_over_localhost_match_one_process_and_restore_on_other_mes
   np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5)
   assert helpers.checkpoints(run)[-1] == steps
   assert _evals(run) == _evals(short_run)  # the kNN over two processes' devices: the same clips, features
+  picture = lambda w: np.asarray(Image.open(os.path.join(w, 'reconstructions', 'step_0000005.png')), int)
+  np.testing.assert_allclose(picture(run), picture(short_run), atol=1)  # process 0's clips
   # The 2-process checkpoint on 1 process and another mesh; the 1-process one on 2 processes.
   one = str(tmp_path / 'one')
   shutil.copytree(short_run, one)
@@ -288,3 +291,25 @@ def test_an_unreadable_latest_checkpoint_is_set_aside(built, reference, tmp_path
   want = helpers.losses(reference)
   assert sorted(new) == list(range(before + 1, 41))
   np.testing.assert_allclose([new[s] for s in sorted(new)], [want[s] for s in sorted(new)], rtol=1e-5)
+
+
+def test_a_workdir_given_as_a_path_object(built, tmp_path):
+  """Everything a run writes goes through etils.epath: a workdir that is a path object, not a string, gets
+  the run files, metrics, pictures and checkpoints, and resumes."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from mgjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from mgjax.train import pretrain  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config_file('configs/demo.py')
+  config.data.update(data_dir=built, split='all', workers=0)
+  config.model.update(frames=4, image_size=32)
+  config.update(global_batch=8, total_steps=2, viz_every=2, eval_every=0, log_every=1)
+  workdir = epath.Path(tmp_path) / 'run'
+  out = pretrain.train_and_evaluate(config, workdir)
+  assert out['steps'] == 2 and not out['preempted']
+  for name in ('config.json', 'run_info.json', 'memory.json', 'metrics.jsonl', 'reconstructions/step_0000002.png',
+               'checkpoints/2'):
+    assert (workdir / name).exists(), name
+  config.total_steps = 3
+  again = pretrain.train_and_evaluate(config, workdir)  # resumes at step 2: runs step 3 only
+  assert again['steps'] == 3 and len(again['losses']) == 1
+  assert sorted(helpers.losses(str(workdir))) == [1, 2, 3]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 
@@ -24,6 +23,7 @@ from absl import logging
 from PIL import Image
 
 from mgjax import errors
+from mgjax import files
 from mgjax.data import records
 from mgjax.models import videomae
 
@@ -142,21 +142,18 @@ def cached(cache_dir: str, key: dict, compute) -> dict:
   """compute() once per key (checkpoint, split, sampling); later calls read the .npz. With several
   processes, process 0 decides whether the file is there (compute is a collective) and writes it."""
   name = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-  path = os.path.join(cache_dir, f'{name}.npz')
-  there = os.path.exists(path)
+  root = files.path(cache_dir)
+  path = root / f'{name}.npz'
+  there = path.exists()
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     there = bool(multihost_utils.broadcast_one_to_all(np.int32(there)))
   if there:
-    with np.load(path, allow_pickle=False) as z:
+    with path.open('rb') as f, np.load(f, allow_pickle=False) as z:
       return {k: z[k] for k in z.files}
   out = compute()
   if jax.process_index() != 0:
     return out
-  os.makedirs(cache_dir, exist_ok=True)
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **out)
-  os.replace(tmp, path)
-  with open(os.path.join(cache_dir, f'{name}.json'), 'w') as f:
-    json.dump(key, f, indent=2)
+  files.write_atomic(path, lambda f: np.savez(f, **out), binary=True)
+  files.write_json(root / f'{name}.json', key)
   return out

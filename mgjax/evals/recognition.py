@@ -7,13 +7,13 @@ and one crop is the quick single-view check that fine-tuning runs every eval_eve
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import jax
 import numpy as np
 from PIL import Image
 
+from mgjax import files
 from mgjax.evals import common, metrics
 
 
@@ -36,7 +36,9 @@ class Evaluator(common.Evaluator):
     self.predictions = (probs.argmax(1), labels, meta['subject_id'])
     out = {'views': views, **metrics.classification(probs, labels, n)}
     if self.workdir and jax.process_index() == 0:
-      heatmap(metrics.confusion(probs.argmax(1), labels, n)).save(os.path.join(self.workdir, 'confusion.png'))
+      picture = heatmap(metrics.confusion(probs.argmax(1), labels, n))
+      files.write_atomic(files.path(self.workdir) / 'confusion.png', lambda f: picture.save(f, format='PNG'),
+                         binary=True)
       out['confusion_png'] = 'confusion.png'
     return out
 

@@ -15,6 +15,7 @@ from typing import Callable, Iterator, Optional
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -26,7 +27,9 @@ def make_manager(workdir: str, *, every_steps: int, keep: int, keep_period: Opti
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=every_steps, max_to_keep=keep, keep_period=keep_period or None,
       enable_async_checkpointing=async_save, create=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
+  root = epath.Path(workdir)
+  root = root if '://' in str(workdir) else epath.Path(os.path.abspath(root))
+  return ocp.CheckpointManager(root / 'checkpoints',
                                item_names=('state', 'data_iter', 'input'), options=options)
 
 
@@ -97,16 +100,16 @@ def _check_shapes(mngr: ocp.CheckpointManager, step: int, abstract_state):
 
 
 def _set_aside(mngr: ocp.CheckpointManager, step: int, error: Exception):
-  src = os.path.join(str(mngr.directory), str(step))
-  dst = os.path.join(os.path.dirname(str(mngr.directory)), 'checkpoints_unreadable', str(step))
+  src = epath.Path(mngr.directory) / str(step)
+  dst = epath.Path(mngr.directory).parent / 'checkpoints_unreadable' / str(step)
   message = str(error).strip().splitlines()[0][:300] if str(error).strip() else ''
   logging.warning('Checkpoint %s does not restore (%s: %s); moved to %s, trying the one before.', src,
                   type(error).__name__, message, dst)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f'checkpoint {step} read')
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    os.replace(src, dst if not os.path.exists(dst) else f'{dst}.{os.getpid()}')
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    src.rename(dst if not dst.exists() else dst.parent / f'{step}.{os.getpid()}')
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f'checkpoint {step} set aside')
   mngr.reload()

@@ -10,8 +10,6 @@ class-stratified fraction of the labelled training clips (semi-supervised), and 
 
 from __future__ import annotations
 
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +18,7 @@ import optax
 from absl import logging
 
 from mgjax import errors
+from mgjax import files
 from mgjax import weights
 from mgjax.data import finetune as data_lib
 from mgjax.data import records
@@ -91,9 +90,9 @@ def make_task(config, workdir: str, mesh, data_dir: str) -> trainer.Task:
   if config.label_fraction < 1.0:
     indices = data_lib.labelled_subset(labels, config.label_fraction, config.seed)
     if jax.process_index() == 0:
-      with open(os.path.join(workdir, 'labelled_subset.json'), 'w') as f:
-        json.dump({'label_fraction': config.label_fraction, 'seed': config.seed, 'indices': indices.tolist(),
-                   'classes': sorted(set(labels[indices].tolist()))}, f)
+      files.write_json(files.path(workdir) / 'labelled_subset.json',
+                       {'label_fraction': config.label_fraction, 'seed': config.seed, 'indices': indices.tolist(),
+                        'classes': sorted(set(labels[indices].tolist()))})
     logging.info('Semi-supervised: %d of %d training clips (%.1f%%), %d classes', len(indices), len(labels),
                  100 * len(indices) / len(labels), len(set(labels[indices].tolist())))
   icfg = data_lib.FinetuneInputConfig(
@@ -107,7 +106,6 @@ def make_task(config, workdir: str, mesh, data_dir: str) -> trainer.Task:
                                       jax.process_count(), start_batch=start_batch))
 
   fns = functional.ModelFns.create(model_cfg, records.num_classes(source), config.head_init_scale)
-  info_path = os.path.join(workdir, 'run_info.json')
   init = {'read': None}
 
   def init_params(seed):
@@ -121,10 +119,7 @@ def make_task(config, workdir: str, mesh, data_dir: str) -> trainer.Task:
   def run_info():
     read = init['read']
     if read is None:  # resumed: what the first run read
-      read = config.init
-      if os.path.exists(info_path):
-        with open(info_path) as f:
-          read = json.load(f).get('init_read', config.init)
+      read = files.read_json(files.path(workdir) / 'run_info.json', {}).get('init_read', config.init)
     return {'init': config.init, 'init_read': read, 'num_classes': fns.num_classes,
             'train_clips': int(len(indices))}
 

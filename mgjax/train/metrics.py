@@ -4,10 +4,10 @@ no TensorFlow). Only process 0 writes files."""
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import numpy as np
+from etils import epath
 from absl import logging
 
 
@@ -18,10 +18,11 @@ class MetricWriter:
     self._jsonl = None
     self._tb = None
     if self.enabled:
-      os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      root = epath.Path(workdir)
+      root.mkdir(parents=True, exist_ok=True)
+      self._jsonl = (root / 'metrics.jsonl').open('a')
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      self._tb = SummaryWriter(str(root / 'tensorboard'))
 
   def scalars(self, step: int, values: dict):
     if not self.enabled:
@@ -113,5 +114,5 @@ def _hms(seconds: float) -> str:
 
 
 def read_jsonl(path: str) -> list:
-  with open(path) as f:
+  with epath.Path(path).open() as f:
     return [json.loads(line) for line in f if line.strip()]

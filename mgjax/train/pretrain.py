@@ -8,15 +8,15 @@ records with their masks), and pictures of input | masked | reconstruction every
 
 from __future__ import annotations
 
-import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from PIL import Image
 
 from mgjax import errors
+from mgjax import files
 from mgjax.data import pretrain as pipeline
 from mgjax.data import records
 from mgjax.models import functional
@@ -56,11 +56,10 @@ def make_task(config, workdir: str, mesh, data_dir: str) -> trainer.Task:
     return iter(pipeline.make_dataset(pcfg, jax.process_index(), jax.process_count(), source=source,
                                       start_batch=start_batch))
 
-  recon = jax.jit(lambda p, v, m: fns.module(p)(v, m)[0])
+  recon = jax.jit(lambda p, v, m: fns.module(p)(v, m)[0], out_shardings=sharding.replicated(mesh))
 
   def pictures(step, state, host, writer):
-    if jax.process_count() == 1:
-      write_reconstruction(workdir, writer, step, recon, state['params'], host, model_cfg, mesh)
+    write_reconstruction(workdir, writer, step, recon, state['params'], host, model_cfg, mesh)
 
   return trainer.Task(
       name='Pretraining', fns=fns, epoch_size=len(source), make_iter=make_iter,
@@ -74,15 +73,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def write_reconstruction(workdir, writer, step, recon, params, host, model_cfg, mesh):
-  """The first clips of the batch: input | masked | reconstruction, to workdir/reconstructions and
-  TensorBoard."""
+  """The first clips of the batch (process 0's, on every process): input | masked | reconstruction, to
+  workdir/reconstructions and TensorBoard."""
   n = min(4, host['video'].shape[0])
-  video, mask = host['video'][:n], host['mask'][:n]
+  video, mask = np.asarray(host['video'][:n]), np.asarray(host['mask'][:n]).astype(np.uint8)
+  if jax.process_count() > 1:
+    video, mask = multihost_utils.broadcast_one_to_all((video, mask))
   rep = sharding.replicated(mesh)
-  pred = np.asarray(jax.device_get(recon(params, jax.device_put(jnp.asarray(video), rep),
-                                         jax.device_put(jnp.asarray(mask), rep))))
+  put = lambda x: jax.make_array_from_process_local_data(rep, np.asarray(x))
+  mask = np.asarray(mask).astype(bool)
+  pred = np.asarray(recon(params, put(video), put(mask)))
   grid = viz.reconstruction_grid(video, mask, pred, model_cfg)
   if jax.process_index() == 0:
-    os.makedirs(os.path.join(workdir, 'reconstructions'), exist_ok=True)
-    Image.fromarray(grid).save(os.path.join(workdir, 'reconstructions', f'step_{step:07d}.png'))
+    files.write_atomic(files.path(workdir) / 'reconstructions' / f'step_{step:07d}.png',
+                       lambda f: Image.fromarray(grid).save(f, format='PNG'), binary=True)
   writer.image(step, 'reconstruction', grid)

@@ -16,7 +16,6 @@ non-finite loss stops the run before the bad state can be saved.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import subprocess
 from typing import Callable, Iterator, Optional, Sequence
@@ -28,6 +27,7 @@ import numpy as np
 from absl import logging
 
 from mgjax import errors
+from mgjax import files
 from mgjax.data import demo
 from mgjax.evals import common as evals_common
 from mgjax.evals import features
@@ -73,7 +73,7 @@ def data_dir(config, workdir: str) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, make_task) -> dict:
   """make_task(config, workdir, mesh, data_dir) -> Task. Returns {'steps', 'losses' (of this run),
   'evals' {step: {name: value}}, 'preempted'}."""
-  os.makedirs(workdir, exist_ok=True)
+  files.path(workdir).mkdir(parents=True, exist_ok=True)
   # ---- Mesh.
   mesh = sharding.make_mesh(tuple(config.mesh))
   logging.info('Mesh %s over %d devices (%d processes)', dict(mesh.shape), jax.device_count(),
@@ -118,10 +118,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, make_tas
     info = {'git_revision': git_revision(), 'mesh': dict(mesh.shape), 'devices': jax.device_count(),
             'processes': jax.process_count(), 'parameters': n_params, 'total_steps': total_steps,
             **task.run_info()}  # before the file is opened: a resumed task reads the first run's
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-    with open(os.path.join(workdir, 'run_info.json'), 'w') as f:
-      json.dump(info, f, indent=2)
+    files.write_atomic(files.path(workdir) / 'config.json', lambda f: f.write(config.to_json_best_effort(indent=2)))
+    files.write_json(files.path(workdir) / 'run_info.json', info)
   preempt = ckpt.Preemption()
 
   # ---- Loop.
@@ -146,7 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, make_tas
   try:
     for step in range(start, total_steps):
       if profile and step == profile[0]:
-        jax.profiler.start_trace(os.path.join(workdir, 'profile'))
+        jax.profiler.start_trace(str(files.path(workdir) / 'profile'))
       host = next(data_iter)
       batch = step_lib.to_global(host, config.micro_batches, batch_shardings)
       key = jax.random.fold_in(base_key, step)
@@ -176,7 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, make_tas
       k = max(10, len(history) // 10)
       logging.info('Done: mean loss of the first %d steps of this run %.4f, of the last %d %.4f. '
                    'Checkpoint: %s', k, np.mean(history[:k]), k, np.mean(history[-k:]),
-                   os.path.join(workdir, 'checkpoints', str(total_steps)))
+                   files.path(workdir) / 'checkpoints' / str(total_steps))
   finally:
     preempt.restore()
     writer.close()
@@ -244,5 +242,4 @@ def write_memory_report(workdir: str, compiled, state):
                activation_temp_bytes=int(ma.temp_size_in_bytes))
   logging.info('Memory per device: %s', ', '.join(f'{k} {v / 2**20:.1f} MiB' for k, v in rep.items()))
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'memory.json'), 'w') as f:
-      json.dump(rep, f, indent=2)
+    files.write_json(files.path(workdir) / 'memory.json', rep)
