@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import Callable
 
 import jax
 import numpy as np
@@ -55,12 +56,22 @@ def load_model(config, checkpoint: str) -> tuple[functional.ModelFns, dict]:
   return fns, jax.tree.map(np.asarray, params)
 
 
-def predict_fns(fns: functional.ModelFns, pooling: str) -> dict:
-  """What evaluators call: 'features' (frozen, pooled by `pooling`) and, for a classifier, 'logits'."""
-  out = {'features': jax.jit(features.feature_fn(fns, pooling))}
+def predict_fns(fns: functional.ModelFns, pooling: str) -> tuple[dict, Callable]:
+  """What evaluators call, over this process's devices (a batch split along them, the parameters
+  replicated): 'features' (frozen, pooled by `pooling`) and, for a classifier, 'logits'. Also returns
+  put(params), which places the parameters on those devices once."""
+  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ('batch',))
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('batch'))
+
+  def on_devices(f):
+    g = jax.jit(f, in_shardings=(rep, split), out_shardings=split)
+    return lambda params, video: g(params, jax.device_put(np.asarray(video), split))
+
+  out = {'features': on_devices(features.feature_fn(fns, pooling))}
   if fns.num_classes:
-    out['logits'] = jax.jit(lambda p, v: fns.module(p)(v))
-  return out
+    out['logits'] = on_devices(lambda p, v: fns.module(p)(v))
+  return out, lambda params: jax.device_put(params, rep)
 
 
 def evaluate(config, workdir: str) -> dict:
@@ -72,14 +83,16 @@ def evaluate(config, workdir: str) -> dict:
   fns, params = load_model(config, checkpoint)
   fingerprint = features.weights_fingerprint(params)
   cfg = fns.cfg
-  fn = predict_fns(fns, config.pooling)
+  fn, put = predict_fns(fns, config.pooling)
+  params = put(params)
+  devices = jax.local_device_count()  # a batch of views splits evenly over them
   key = {'checkpoint': os.path.abspath(checkpoint) if checkpoint != 'random' else f'random:{cfg}:{config.seed}',
          'data_dir': os.path.abspath(config.data_dir), 'frames': cfg.frames, 'stride': config.stride,
          'num_clips': config.num_clips, 'size': cfg.image_size, 'pooling': config.pooling,
          'weights': fingerprint}
   clips = common.Clips.from_records(config.data_dir, config.clips_config, frames=cfg.frames,
                                     size=cfg.image_size, stride=config.stride, num_clips=config.num_clips,
-                                    batch=config.batch, cache_dir=files.path(workdir) / 'features', cache_key=key,
+                                    batch=-(-config.batch // devices) * devices, cache_dir=files.path(workdir) / 'features', cache_key=key,
                                     shard_processes=True)
   evaluators = common.build(config.evals, clips, fn, names=list(config.tasks), workdir=workdir)
   results = {'checkpoint': config.checkpoint, 'checkpoint_read': checkpoint, 'weights': fingerprint,
