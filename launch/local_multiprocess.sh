@@ -9,7 +9,8 @@
 # python), PORT the coordinator's port (default: a free one). Process i's output goes to stderr with the
 # prefix "[i] ". The exit status is the first non-zero status of a process (0 when all succeed). When a
 # process fails, or this script gets SIGINT or SIGTERM, the others get SIGTERM (a preemption: they save
-# and exit), then SIGKILL after GRACE seconds (default 60): no process is left behind.
+# and exit), then SIGKILL after GRACE seconds (default 60) to each process's group, its grain input
+# workers included: no process is left behind.
 set -uo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: $0 N MODULE [ARGS...]" >&2
@@ -21,20 +22,21 @@ port=${PORT:-$($PYTHON -c 'import socket; s = socket.socket(); s.bind(("127.0.0.
 export XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-4}"
 pids=()
 for ((i = 0; i < n; i++)); do
-  $PYTHON -m "$module" --coordinator=127.0.0.1:"$port" --num_processes="$n" --process_id="$i" "$@" \
+  setsid $PYTHON -m "$module" --coordinator=127.0.0.1:"$port" --num_processes="$n" --process_id="$i" "$@" \
     2> >(sed -u "s/^/[$i] /" >&2) &
   pids+=($!)
 done
 
-stop_all() {  # SIGTERM to every process still running, SIGKILL to any left after GRACE seconds
+stop_all() {  # SIGTERM to every process still running; after GRACE seconds, SIGKILL to each one's group
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
   for ((t = 0; t < ${GRACE:-60} * 10; t++)); do
     alive=0
     for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && return
+    [ $alive = 0 ] && break
     sleep 0.1
   done
-  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+  # each process leads its own group (setsid), with its input workers: none is left behind
+  for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null; done
 }
 trap 'stop_all; wait; exit 143' INT TERM
 
