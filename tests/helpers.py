@@ -147,7 +147,9 @@ def interrupt(cmd, workdir, at_step, sig, timeout=240, checkpoint=None):
   """Starts a training command, waits until it has logged `at_step` (and, if given, has finished a
   checkpoint at step `checkpoint` or later), sends `sig`; returns (exit status, stderr)."""
   with tempfile.TemporaryFile('w+') as err:
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, text=True)
+    # its own process group, so that its grain workers, which outlive a SIGKILLed parent, go with it
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, text=True,
+                            start_new_session=True)
     try:
       wait_for_step(workdir, proc, at_step, timeout)
       if checkpoint is not None:
@@ -159,6 +161,10 @@ def interrupt(cmd, workdir, at_step, sig, timeout=240, checkpoint=None):
       except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+      try:
+        os.killpg(proc.pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
     err.seek(0)
     return proc.returncode, err.read()
 

@@ -194,7 +194,7 @@ class _Two:
     self.errs = [open(tmp_path / f'{name}.{i}.err', 'w+') for i in range(2)]
     self.procs = [subprocess.Popen(cmd + [f'--coordinator=127.0.0.1:{port}', '--num_processes=2',
                                          f'--process_id={i}'], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                   stderr=self.errs[i], text=True) for i in range(2)]
+                                   stderr=self.errs[i], text=True, start_new_session=True) for i in range(2)]
 
   def wait(self, timeout=600):
     """(exit statuses, stderr texts) once both have ended; neither is left running."""
@@ -202,8 +202,10 @@ class _Two:
       codes = [p.wait(timeout=timeout) for p in self.procs]
     finally:
       for p in self.procs:
-        if p.poll() is None:
-          p.kill()
+        try:
+          os.killpg(p.pid, signal.SIGKILL)  # and any input worker it left
+        except ProcessLookupError:
+          pass
     texts = []
     for f in self.errs:
       f.seek(0)
