@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Callable
 
 import jax
@@ -86,13 +85,15 @@ def evaluate(config, workdir: str) -> dict:
   fn, put = predict_fns(fns, config.pooling)
   params = put(params)
   devices = jax.local_device_count()  # a batch of views splits evenly over them
-  key = {'checkpoint': os.path.abspath(checkpoint) if checkpoint != 'random' else f'random:{cfg}:{config.seed}',
-         'data_dir': os.path.abspath(config.data_dir), 'frames': cfg.frames, 'stride': config.stride,
+  read = str(files.absolute(checkpoint)) if checkpoint != 'random' else f'random:{cfg}:{config.seed}'
+  key = {'checkpoint': read,
+         'data_dir': str(files.absolute(config.data_dir)), 'frames': cfg.frames, 'stride': config.stride,
          'num_clips': config.num_clips, 'size': cfg.image_size, 'pooling': config.pooling,
          'weights': fingerprint}
   clips = common.Clips.from_records(config.data_dir, config.clips_config, frames=cfg.frames,
                                     size=cfg.image_size, stride=config.stride, num_clips=config.num_clips,
-                                    batch=-(-config.batch // devices) * devices, cache_dir=files.path(workdir) / 'features', cache_key=key,
+                                    batch=-(-config.batch // devices) * devices,
+                                    cache_dir=files.path(workdir) / 'features', cache_key=key,
                                     shard_processes=True)
   evaluators = common.build(config.evals, clips, fn, names=list(config.tasks), workdir=workdir)
   results = {'checkpoint': config.checkpoint, 'checkpoint_read': checkpoint, 'weights': fingerprint,

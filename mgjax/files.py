@@ -1,21 +1,41 @@
 """Files a run writes or reads beside the records (run files, metrics, pictures, results, the feature
-cache), through etils.epath: a local path, a path object, or a bucket (gs://...) alike."""
+cache, checkpoints and exported weights), through etils.epath: a local path, a path object, or a bucket
+(gs://, s3://) alike. Buckets are read and written through fsspec (gcsfs, s3fs), never through TensorFlow:
+`EPATH_USE_TF=false` is set when this module is imported, unless the environment says otherwise."""
 
 from __future__ import annotations
 
 import json
+import os
 
-from etils import epath
+os.environ.setdefault('EPATH_USE_TF', 'false')  # before epath picks a backend for gs:// (tf.io.gfile)
+
+from etils import epath  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def path(p) -> epath.Path:
   return epath.Path(p)
 
 
+def is_remote(p) -> bool:
+  """A bucket (gs://, s3://, ...): no appends, no local file names."""
+  return '://' in os.fspath(p)
+
+
+def absolute(p) -> epath.Path:
+  """p made absolute against the working directory; a bucket path as it is."""
+  return path(p) if is_remote(p) else path(os.path.abspath(os.fspath(p)))
+
+
 def write_atomic(p, write, binary: bool = False):
-  """write(file) into p: written beside it, then renamed over it, so p is either its old self or complete."""
+  """write(file) into p: written beside it, then renamed over it, so p is either its old self or complete.
+  In a bucket, an object appears only once its upload finishes: it is written in place."""
   p = path(p)
   p.parent.mkdir(parents=True, exist_ok=True)
+  if is_remote(p):
+    with p.open('wb' if binary else 'w') as f:
+      write(f)
+    return
   tmp = p.parent / (p.name + '.tmp')
   with tmp.open('wb' if binary else 'w') as f:
     write(f)

@@ -13,14 +13,13 @@ Each also writes DIR/mgjax_model.json (the model config), so the directory impor
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Optional
 
 import jax
 import numpy as np
 
 from mgjax import errors
+from mgjax import files
 from mgjax.models import convert
 from mgjax.models import functional
 from mgjax.models import videomae
@@ -50,45 +49,44 @@ def template(model: videomae.ModelConfig, num_classes: Optional[int] = None) -> 
 # ---- reading mgjax checkpoints ----------------------------------------------------------------------------
 
 def resolve_checkpoint(path: str) -> tuple[str, str]:
-  """-> (checkpoint dir, workdir). Errors name the path when it is missing or unfinished."""
-  path = os.path.abspath(path)
-  if not os.path.exists(path):
-    raise CheckpointError(f'no such checkpoint: {path}')
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    steps = sorted(int(s) for s in os.listdir(os.path.join(path, 'checkpoints')) if s.isdigit())
+  """-> (checkpoint dir, workdir), local or in a bucket. Errors name the path when it is missing or
+  unfinished."""
+  p = files.absolute(path)
+  if not p.exists():
+    raise CheckpointError(f'no such checkpoint: {p}')
+  if (p / 'checkpoints').is_dir():
+    steps = sorted(int(s.name) for s in (p / 'checkpoints').iterdir() if s.name.isdigit())
     if not steps:
-      raise CheckpointError(f'{path} has no finished checkpoint in {os.path.join(path, "checkpoints")}')
-    return os.path.join(path, 'checkpoints', str(steps[-1])), path
-  if 'orbax-checkpoint-tmp' in os.path.basename(path):
-    raise CheckpointError(f'{path} is an unfinished checkpoint (the run stopped while writing it)')
-  if not os.path.isdir(os.path.join(path, 'state')):
-    raise CheckpointError(f'{path} is not an mgjax checkpoint (no state/ inside)')
-  return path, os.path.dirname(os.path.dirname(path))
+      raise CheckpointError(f'{p} has no finished checkpoint in {p / "checkpoints"}')
+    return str(p / 'checkpoints' / str(steps[-1])), str(p)
+  if 'orbax-checkpoint-tmp' in p.name:
+    raise CheckpointError(f'{p} is an unfinished checkpoint (the run stopped while writing it)')
+  if not (p / 'state').is_dir():
+    raise CheckpointError(f'{p} is not an mgjax checkpoint (no state/ inside)')
+  return str(p), str(p.parent.parent)
 
 
 def pin(path: str) -> str:
   """A workdir -> its latest checkpoint at this moment (WORKDIR/checkpoints/STEP), so that what a run
   reads and records stays the same while the workdir trains on; any other path as it is. With several
   processes, every one gets the step process 0 found, even if the workdir saved another meanwhile."""
-  if not os.path.isdir(os.path.join(path, 'checkpoints')):
+  if not (files.path(path) / 'checkpoints').is_dir():
     return path
-  read = resolve_checkpoint(path)[0]
+  read = files.path(resolve_checkpoint(path)[0])
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    step = int(multihost_utils.broadcast_one_to_all(np.int32(os.path.basename(read))))
-    read = os.path.join(os.path.dirname(read), str(step))
-  return read
+    read = read.parent / str(int(multihost_utils.broadcast_one_to_all(np.int32(read.name))))
+  return str(read)
 
 
 def _model_from_workdir(workdir: str) -> tuple[videomae.ModelConfig, Optional[int]]:
-  cfg_path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(cfg_path):
+  cfg_path = files.path(workdir) / 'config.json'
+  cfg = files.read_json(cfg_path)
+  if cfg is None:
     raise CheckpointError(f'{cfg_path} is missing: cannot tell the model of the checkpoint')
-  cfg = json.load(open(cfg_path))
   model = videomae.ModelConfig(**{k: v for k, v in cfg['model'].items()
                                   if k in {f.name for f in dataclasses.fields(videomae.ModelConfig)}})
-  info_path = os.path.join(workdir, 'run_info.json')
-  info = json.load(open(info_path)) if os.path.exists(info_path) else {}
+  info = files.read_json(files.path(workdir) / 'run_info.json', {})
   return model, info.get('num_classes') or cfg.get('num_classes') or None
 
 
@@ -114,7 +112,7 @@ def restore_numpy(directory: str, key: Optional[str] = None):
 def load_mgjax_checkpoint(path: str) -> Weights:
   ckpt, workdir = resolve_checkpoint(path)
   model, num_classes = _model_from_workdir(workdir)
-  params = _normalize(restore_numpy(os.path.join(ckpt, 'state'), 'params'))
+  params = _normalize(restore_numpy(files.path(ckpt) / 'state', 'params'))
   _check_against(params, template(model, num_classes), ckpt)
   return Weights(params, model, num_classes)
 
@@ -138,10 +136,9 @@ def _check_against(params: dict, tmpl: dict, where: str):
 
 # ---- exported directories -------------------------------------------------------------------------------
 
-def _write_model_json(out: str, w: Weights, fmt: str):
-  with open(os.path.join(out, MODEL_JSON), 'w') as f:
-    json.dump({'format': fmt, 'model': dataclasses.asdict(w.model), 'num_classes': w.num_classes,
-               'encoder_only': w.encoder_only}, f, indent=2)
+def _write_model_json(out, w: Weights, fmt: str):
+  files.write_json(out / MODEL_JSON, {'format': fmt, 'model': dataclasses.asdict(w.model),
+                                      'num_classes': w.num_classes, 'encoder_only': w.encoder_only})
 
 
 def hf_config(model: videomae.ModelConfig, num_classes: Optional[int]) -> dict:
@@ -164,51 +161,50 @@ def hf_config(model: videomae.ModelConfig, num_classes: Optional[int]) -> dict:
   return c
 
 
-def _save_safetensors(sd: dict, path: str):
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sd.items()}, path)
+def _save_safetensors(sd: dict, path):
+  from safetensors.numpy import save  # pylint: disable=g-import-not-at-top
+  data = save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sd.items()})
+  files.write_atomic(path, lambda f: f.write(data), binary=True)
 
 
 def write(w: Weights, fmt: str, out: str):
-  os.makedirs(out, exist_ok=True)
+  """The weights as `fmt` into the directory `out` (local or in a bucket)."""
+  out = files.absolute(out)
+  out.mkdir(parents=True, exist_ok=True)
   if fmt == 'hf':
     if w.encoder_only:
       raise ValueError('an encoder-only checkpoint cannot be written as a full transformers model')
     sd = convert.to_hf(w.params)
-    with open(os.path.join(out, 'config.json'), 'w') as f:
-      json.dump(hf_config(w.model, w.num_classes), f, indent=2)
-    _save_safetensors(sd, os.path.join(out, 'model.safetensors'))
-    enc_dir = os.path.join(out, 'encoder')  # what VideoMAEModel loads with no unexpected keys
-    os.makedirs(enc_dir, exist_ok=True)
-    enc_cfg = hf_config(w.model, w.num_classes)
+    files.write_json(out / 'config.json', hf_config(w.model, w.num_classes))
+    _save_safetensors(sd, out / 'model.safetensors')
+    enc_cfg = hf_config(w.model, w.num_classes)  # what VideoMAEModel loads with no unexpected keys
     enc_cfg['architectures'] = ['VideoMAEModel']
-    with open(os.path.join(enc_dir, 'config.json'), 'w') as f:
-      json.dump(enc_cfg, f, indent=2)
+    files.write_json(out / 'encoder' / 'config.json', enc_cfg)
     _save_safetensors({k[len('videomae.'):]: v for k, v in sd.items() if k.startswith('videomae.')},
-                      os.path.join(enc_dir, 'model.safetensors'))
+                      out / 'encoder' / 'model.safetensors')
   elif fmt == 'official':
     sd = convert.to_official(w.params)
-    _save_safetensors(sd, os.path.join(out, 'model.safetensors'))
+    _save_safetensors(sd, out / 'model.safetensors')
     try:
       import torch  # pylint: disable=g-import-not-at-top
-      torch.save({'model': {k: torch.from_numpy(np.array(v, np.float32)) for k, v in sd.items()}},
-                 os.path.join(out, 'model.pth'))
+      state = {'model': {k: torch.from_numpy(np.array(v, np.float32)) for k, v in sd.items()}}
+      files.write_atomic(out / 'model.pth', lambda f: torch.save(state, f), binary=True)
     except ImportError:
       pass
   elif fmt == 'orbax':
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
     enc = w.params['encoder']
     with ocp.StandardCheckpointer() as ckptr:
-      ckptr.save(os.path.join(os.path.abspath(out), 'encoder'), enc, force=True)
+      ckptr.save(out / 'encoder', enc, force=True)
     w = dataclasses.replace(w, params={'encoder': enc}, encoder_only=True)
   else:
     raise ValueError(f'unknown format {fmt!r}: hf, official or orbax')
   _write_model_json(out, w, fmt)
 
 
-def _read_safetensors(path: str) -> dict:
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  return load_file(path)
+def _read_safetensors(path) -> dict:
+  from safetensors.numpy import load  # pylint: disable=g-import-not-at-top
+  return load(files.path(path).read_bytes())
 
 
 def _size_of(dim: int, depth: int, where: str) -> str:
@@ -231,7 +227,7 @@ def _decoder_width(size: str, width: Optional[int], where: str) -> Optional[int]
 
 def _load_foreign_hf(path: str) -> Weights:
   """A transformers VideoMAE directory that mgjax did not write (e.g. one from the Hub)."""
-  c = json.load(open(os.path.join(path, 'config.json')))
+  c = files.read_json(files.path(path) / 'config.json')
   size = _size_of(c['hidden_size'], c['num_hidden_layers'], path)
   model = videomae.ModelConfig(size=size, frames=c.get('num_frames', 16), image_size=c.get('image_size', 224),
                                patch=c.get('patch_size', 16), tubelet=c.get('tubelet_size', 2),
@@ -243,10 +239,10 @@ def _load_foreign_hf(path: str) -> Weights:
         f"of width {model.decoder[0]} has {model.decoder[1]} heads")
   classifier = any('Classification' in a for a in c.get('architectures', []))
   num_classes = len(c.get('id2label', {})) or c.get('num_labels') if classifier else None
-  files = [f for f in ('model.safetensors', 'pytorch_model.bin') if os.path.exists(os.path.join(path, f))]
-  if not files:
+  found = [f for f in ('model.safetensors', 'pytorch_model.bin') if (files.path(path) / f).exists()]
+  if not found:
     raise CheckpointError(f'{path}: no model.safetensors or pytorch_model.bin')
-  sd = _read_state_dict(os.path.join(path, files[0]))
+  sd = _read_state_dict(files.path(path) / found[0])
   if not classifier and not any(k.startswith('decoder.') for k in sd):  # a VideoMAEModel: encoder only
     sd = {k if k.startswith('videomae.') else 'videomae.' + k: v for k, v in sd.items()}
     tmpl = {'encoder': template(model)['encoder']}
@@ -256,11 +252,12 @@ def _load_foreign_hf(path: str) -> Weights:
   return Weights(convert.from_hf(sd, template(model, num_classes)), model, num_classes)
 
 
-def _read_state_dict(path: str) -> dict:
-  if path.endswith('.safetensors'):
+def _read_state_dict(path) -> dict:
+  if str(path).endswith('.safetensors'):
     return _read_safetensors(path)
+  import io  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  sd = torch.load(path, map_location='cpu', weights_only=True)
+  sd = torch.load(io.BytesIO(files.path(path).read_bytes()), map_location='cpu', weights_only=True)
   sd = convert._unwrap(sd)  # pylint: disable=protected-access
   return {k: v.float().numpy() for k, v in sd.items()}
 
@@ -285,15 +282,15 @@ def _load_official_file(path: str, frames: int = 16, image_size: int = 224) -> W
 def load(path: str, frames: int = 16, image_size: int = 224) -> Weights:
   """Weights from an mgjax workdir or checkpoint, a directory `write` made, a transformers VideoMAE
   directory, or an official checkpoint file (whose frames and image size the caller gives)."""
-  meta_path = os.path.join(path, MODEL_JSON)
-  if os.path.isfile(path):
+  root = files.path(path)
+  if root.is_file():
     return _load_official_file(path, frames, image_size)
-  if not os.path.exists(meta_path):
-    if os.path.exists(os.path.join(path, 'config.json')) and json.load(
-        open(os.path.join(path, 'config.json'))).get('model_type') == 'videomae':
+  meta_path = root / MODEL_JSON
+  meta = files.read_json(meta_path)
+  if meta is None:
+    if files.read_json(root / 'config.json', {}).get('model_type') == 'videomae':
       return _load_foreign_hf(path)
     return load_mgjax_checkpoint(path)
-  meta = json.load(open(meta_path))
   model = videomae.ModelConfig(**meta['model'])
   num_classes = meta.get('num_classes')
   tmpl = template(model, num_classes)
@@ -301,11 +298,11 @@ def load(path: str, frames: int = 16, image_size: int = 224) -> Weights:
   if encoder_only:
     tmpl = {'encoder': tmpl['encoder']}
   if meta['format'] == 'hf':
-    params = convert.from_hf(_read_safetensors(os.path.join(path, 'model.safetensors')), tmpl)
+    params = convert.from_hf(_read_safetensors(root / 'model.safetensors'), tmpl)
   elif meta['format'] == 'official':
-    params = convert.from_official(_read_safetensors(os.path.join(path, 'model.safetensors')), tmpl)
+    params = convert.from_official(_read_safetensors(root / 'model.safetensors'), tmpl)
   elif meta['format'] == 'orbax':
-    params = {'encoder': _normalize(restore_numpy(os.path.join(os.path.abspath(path), 'encoder')))}
+    params = {'encoder': _normalize(restore_numpy(files.absolute(path) / 'encoder'))}
     _check_against(params, tmpl, path)
   else:
     raise CheckpointError(f'{meta_path}: unknown format {meta["format"]!r}')

@@ -64,3 +64,36 @@ def finetune_run(built, pretrain_run, tmp_path_factory):
                        cwd=helpers.REPO, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-3000:]
   return run
+
+
+@pytest.fixture(scope='session')
+def bucket():
+  """A Google Cloud Storage bucket on 127.0.0.1 (tests/gcs_emulator.py): its gs:// root, and the
+  environment a run needs to reach it (also set in this process, for reading what runs wrote)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  import urllib.request  # pylint: disable=g-import-not-at-top
+  from tests import gcs_emulator  # pylint: disable=g-import-not-at-top
+  port = helpers.free_port()
+  proc = subprocess.Popen([sys.executable, '-m', 'tests.gcs_emulator', str(port), 'mgjax-test'], cwd=helpers.REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 60
+  while True:
+    try:
+      urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=1).read()
+      break
+    except OSError:
+      assert proc.poll() is None and time.time() < deadline, 'the storage emulator did not start'
+      time.sleep(0.2)
+  env = gcs_emulator.environment(port)
+  saved = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  yield 'gs://mgjax-test', {**os.environ, **env}
+  for k, v in saved.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v
+  proc.kill()
+  proc.wait()

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from mgjax import files
 from mgjax.train import metrics as metrics_lib
 from tfds_imigue3k import sample as sample_lib
 
@@ -88,7 +89,7 @@ def assert_frames_match(got: np.ndarray, video: np.ndarray, indices, tol: float 
 def losses(workdir):
   """Per-step loss; a step run twice (before a kill, after the resume) keeps its last value."""
   out = {}
-  for r in metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl')):
+  for r in metrics_lib.read_jsonl(files.path(workdir) / 'metrics.jsonl'):
     if 'loss' in r:
       out[r['step']] = r['loss']
   return out
@@ -96,13 +97,13 @@ def losses(workdir):
 
 def wait_for_step(workdir, proc, step, timeout=240):
   """Waits until a running training process has logged `step`."""
-  path = os.path.join(workdir, 'metrics.jsonl')
+  path = files.path(workdir) / 'metrics.jsonl'  # in a bucket, written at each checkpoint
   deadline = time.time() + timeout
   while time.time() < deadline:
     assert proc.poll() is None, 'run ended before it could be interrupted'
-    if os.path.exists(path) and any(s >= step for s in losses(workdir)):
+    if path.exists() and any(s >= step for s in losses(workdir)):
       return
-    time.sleep(0.02)
+    time.sleep(0.02 if not files.is_remote(path) else 0.5)
   raise TimeoutError(f'step {step} not reached')
 
 
@@ -143,13 +144,13 @@ def wait_for_checkpoint(workdir, proc, step, timeout=240):
   raise TimeoutError(f'no checkpoint at step {step} or later')
 
 
-def interrupt(cmd, workdir, at_step, sig, timeout=240, checkpoint=None):
-  """Starts a training command, waits until it has logged `at_step` (and, if given, has finished a
-  checkpoint at step `checkpoint` or later), sends `sig`; returns (exit status, stderr)."""
+def interrupt(cmd, workdir, at_step, sig, timeout=240, checkpoint=None, env=None):
+  """Starts a training command (in `env`, if given), waits until it has logged `at_step` (and, if given,
+  has finished a checkpoint at step `checkpoint` or later), sends `sig`; returns (exit status, stderr)."""
   with tempfile.TemporaryFile('w+') as err:
     # its own process group, so that its grain workers, which outlive a SIGKILLed parent, go with it
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
     try:
       wait_for_step(workdir, proc, at_step, timeout)
       if checkpoint is not None:

@@ -315,3 +315,48 @@ def test_a_workdir_given_as_a_path_object(built, tmp_path):
   again = pretrain.train_and_evaluate(config, workdir)  # resumes at step 2: runs step 3 only
   assert again['steps'] == 3 and len(again['losses']) == 1
   assert sorted(helpers.losses(str(workdir))) == [1, 2, 3]
+
+
+def test_a_bucket_workdir_trains_resumes_evaluates_and_exports(built, reference, bucket, tmp_path):
+  """A workdir in a bucket (gs://, a Cloud Storage server on 127.0.0.1): a run stopped by SIGTERM resumes
+  from the bucket and gives the reference's loss at every step, in metrics.jsonl and in TensorBoard (its
+  event file parts read back as one run); mgjax.export and mgjax.evaluate read the checkpoint from the
+  bucket and write there, with the weights and numbers of the same local checkpoint."""
+  from mgjax import files  # pylint: disable=g-import-not-at-top
+  from mgjax import weights  # pylint: disable=g-import-not-at-top
+  from mgjax.models import convert  # pylint: disable=g-import-not-at-top
+  root, env = bucket
+  run = f'{root}/pretrain'
+  status, err = helpers.interrupt(_cmd(built, run, 40), run, 8, signal.SIGTERM, env=env)
+  assert status == 0 and 'after SIGTERM' in err, err[-3000:]
+  stopped = max(helpers.losses(run))
+  assert 8 <= stopped < 40
+  out = _run(_cmd(built, run, 40), env=env)
+  assert out.returncode == 0 and f'Resumed from step {stopped}' in out.stderr, out.stderr[-3000:]
+  want = helpers.losses(reference)
+  assert helpers.losses(run) == want  # bit-exact, every step
+  for name in ('config.json', 'run_info.json', 'memory.json', 'checkpoints/40/state'):
+    assert (files.path(run) / name).exists(), name
+
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  parts = sorted((files.path(run) / 'tensorboard').iterdir())
+  assert len(parts) >= 2 and all('tfevents' in p.name for p in parts)  # a part per flush, each run its own
+  for p in parts:
+    (tmp_path / p.name).write_bytes(p.read_bytes())
+  events = event_accumulator.EventAccumulator(str(tmp_path))
+  events.Reload()
+  assert {e.step: e.value for e in events.Scalars('loss')} == want
+
+  out = _run([sys.executable, '-m', 'mgjax.export', f'--checkpoint={run}', '--format=hf', f'--out={root}/hf'],
+             env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  got, ref = convert.flatten(weights.load(f'{root}/hf').params), convert.flatten(weights.load(reference).params)
+  assert got.keys() == ref.keys() and all(np.array_equal(got[k], ref[k]) for k in ref)
+
+  evaluate = [sys.executable, '-m', 'mgjax.evaluate', '--config=configs/eval.py', f'--config.data_dir={built}',
+              '--config.tasks=knn', '--config.num_clips=1', '--config.evals.knn.k=5']
+  for checkpoint, workdir in ((run, f'{root}/eval'), (reference, str(tmp_path / 'eval'))):
+    out = _run([*evaluate, f'--config.checkpoint={checkpoint}', f'--workdir={workdir}'], env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+  remote, local = (files.read_json(files.path(w) / 'results.json') for w in (f'{root}/eval', tmp_path / 'eval'))
+  assert remote['checkpoint_read'] == f'{run}/checkpoints/40' and remote['knn'] == local['knn']

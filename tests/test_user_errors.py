@@ -27,6 +27,9 @@ def _old_version(built, root):
 CASES = {
     'no records': (lambda built, pre, tmp: _main('/nonexistent/records', tmp / 'w'),
                    ['/nonexistent/records: no imigue3k/pretrain records', 'tfds build']),
+    'demo in a bucket': (lambda built, pre, tmp: [sys.executable, '-m', 'mgjax.main', '--config=configs/demo.py',
+                                                  '--workdir=gs://no-such-bucket/run'],
+                         ['--workdir=gs://no-such-bucket/run is a bucket', 'config.data.data_dir']),
     'unknown model size': (lambda built, pre, tmp: _main(built, tmp / 'w', '--config.model.size=Q'),
                            ["config.model.size: unknown 'Q'"]),
     'missing init': (lambda built, pre, tmp: helpers.finetune_cmd(built, str(tmp / 'nothing'), str(tmp / 'w'), 2),

@@ -7,6 +7,9 @@ import os
 import jax
 from absl import logging
 
+from mgjax import errors
+from mgjax import files
+
 
 def prepare(workdir: str, sample_args: dict) -> str:
   """Generates the sample dataset and builds its records (pretrain, and clips for evaluation) into
@@ -14,7 +17,10 @@ def prepare(workdir: str, sample_args: dict) -> str:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from tfds_imigue3k import imigue3k_dataset_builder as builder_lib  # pylint: disable=g-import-not-at-top
   from tfds_imigue3k import sample  # pylint: disable=g-import-not-at-top
-  root = os.path.join(workdir, 'demo_data')
+  if files.is_remote(workdir):
+    raise errors.ConfigError(f'--workdir={workdir} is a bucket, and the demo builds its records beside the '
+                             f'workdir on a filesystem: set --config.data.data_dir to built records')
+  root = os.path.join(os.fspath(workdir), 'demo_data')
   manual, data = os.path.join(root, 'manual'), os.path.join(root, 'records')
   if jax.process_index() == 0:
     if not os.path.exists(os.path.join(manual, 'sample_truth.json')):

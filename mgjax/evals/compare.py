@@ -3,18 +3,18 @@ interval over test subjects (the binary: mgjax/compare.py)."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
+
+from mgjax import files
 
 TASKS = ('knn', 'linear_probe', 'recognition')
 
 
 def load(workdir: str) -> dict:
-  path = os.path.join(workdir, 'predictions.npz')
-  if not os.path.exists(path):
+  path = files.path(workdir) / 'predictions.npz'
+  if not path.exists():
     raise FileNotFoundError(f'{path} does not exist: run mgjax.evaluate with --workdir={workdir} first')
-  with np.load(path) as z:
+  with path.open('rb') as f, np.load(f) as z:
     return {k: z[k] for k in z.files}
 
 

@@ -15,11 +15,11 @@ from typing import Callable, Iterator, Optional
 import grain
 import jax
 import orbax.checkpoint as ocp
-from etils import epath
 from absl import logging
 from jax.experimental import multihost_utils
 
 from mgjax import errors
+from mgjax import files
 
 
 def make_manager(workdir: str, *, every_steps: int, keep: int, keep_period: Optional[int],
@@ -27,9 +27,7 @@ def make_manager(workdir: str, *, every_steps: int, keep: int, keep_period: Opti
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=every_steps, max_to_keep=keep, keep_period=keep_period or None,
       enable_async_checkpointing=async_save, create=True)
-  root = epath.Path(workdir)
-  root = root if '://' in str(workdir) else epath.Path(os.path.abspath(root))
-  return ocp.CheckpointManager(root / 'checkpoints',
+  return ocp.CheckpointManager(files.absolute(workdir) / 'checkpoints',
                                item_names=('state', 'data_iter', 'input'), options=options)
 
 
@@ -100,8 +98,8 @@ def _check_shapes(mngr: ocp.CheckpointManager, step: int, abstract_state):
 
 
 def _set_aside(mngr: ocp.CheckpointManager, step: int, error: Exception):
-  src = epath.Path(mngr.directory) / str(step)
-  dst = epath.Path(mngr.directory).parent / 'checkpoints_unreadable' / str(step)
+  src = files.path(mngr.directory) / str(step)
+  dst = files.path(mngr.directory).parent / 'checkpoints_unreadable' / str(step)
   message = str(error).strip().splitlines()[0][:300] if str(error).strip() else ''
   logging.warning('Checkpoint %s does not restore (%s: %s); moved to %s, trying the one before.', src,
                   type(error).__name__, message, dst)

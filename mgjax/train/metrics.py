@@ -3,33 +3,56 @@ no TensorFlow). Only process 0 writes files."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import jax
 import numpy as np
-from etils import epath
 from absl import logging
+from tensorboardX import record_writer
+
+from mgjax import files
 
 
 class MetricWriter:
+  """metrics.jsonl and TensorBoard events under the workdir. A local workdir gets each line appended as it
+  comes. A bucket has no appends: its metrics.jsonl is rewritten whole, and the events written since the
+  last flush go to a new object beside the others (`events.out.tfevents.*.NNNNNN`, which TensorBoard reads
+  in name order). Both happen at each flush(), which the trainer calls with every checkpoint, so what a
+  bucket holds reaches at least the last checkpoint (a resumed run writes the steps after it again);
+  events are also flushed every 10 minutes."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir):
     self.enabled = jax.process_index() == 0
-    self._jsonl = None
-    self._tb = None
-    if self.enabled:
-      root = epath.Path(workdir)
-      root.mkdir(parents=True, exist_ok=True)
-      self._jsonl = (root / 'metrics.jsonl').open('a')
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(str(root / 'tensorboard'))
+    self._jsonl = self._tb = None
+    if not self.enabled:
+      return
+    root = files.path(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    self._remote = files.is_remote(root)
+    self._path = root / 'metrics.jsonl'
+    if self._remote:
+      self._lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
+      self._written = len(self._lines)
+    else:
+      self._jsonl = self._path.open('a')
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    logdir = str(root / 'tensorboard')
+    if self._remote:  # tensorboardX's own bucket writer re-uploads the whole file at every flush
+      self._tb = SummaryWriter(f'{_PARTS}:{logdir}', flush_secs=600)
+    else:
+      self._tb = SummaryWriter(logdir)
 
   def scalars(self, step: int, values: dict):
     if not self.enabled:
       return
     values = {k: float(v) for k, v in values.items()}
-    self._jsonl.write(json.dumps({'step': int(step), **values}) + '\n')
-    self._jsonl.flush()
+    line = json.dumps({'step': int(step), **values}) + '\n'
+    if self._remote:
+      self._lines.append(line)
+    else:
+      self._jsonl.write(line)
+      self._jsonl.flush()
     for k, v in values.items():
       self._tb.add_scalar(k, v, step)
 
@@ -42,13 +65,51 @@ class MetricWriter:
       self._tb.add_text(name, text, 0)
 
   def flush(self):
-    if self.enabled:
-      self._tb.flush()
+    if not self.enabled:
+      return
+    self._tb.flush()
+    if self._remote and len(self._lines) != self._written:
+      files.write_atomic(self._path, lambda f: f.writelines(self._lines))
+      self._written = len(self._lines)
 
   def close(self):
     if self.enabled:
-      self._jsonl.close()
+      self.flush()
       self._tb.close()
+      if self._jsonl is not None:
+        self._jsonl.close()
+
+
+class _Parts:
+  """A TensorBoard event file in a bucket, as the objects PATH.000000, PATH.000001, ...: each flush writes
+  the records since the last one (whole records: tensorboardX flushes between them)."""
+
+  def __init__(self, path: str):
+    self.path, self.part, self.buffer = path[len(_PARTS) + 1:], 0, io.BytesIO()
+
+  def write(self, data: bytes):
+    self.buffer.write(data)
+
+  def flush(self):
+    if self.buffer.tell():
+      files.path(f'{self.path}.{self.part:06d}').write_bytes(self.buffer.getvalue())
+      self.part, self.buffer = self.part + 1, io.BytesIO()
+
+  def close(self):
+    self.flush()
+
+
+class _PartsFactory:
+
+  def open(self, path: str) -> _Parts:
+    return _Parts(path)
+
+  def directory_check(self, path: str):
+    pass  # buckets have no directories to make
+
+
+_PARTS = 'mgjax-parts'
+record_writer.register_writer_factory(_PARTS, _PartsFactory())
 
 
 class OneStepLate:
@@ -114,5 +175,5 @@ def _hms(seconds: float) -> str:
 
 
 def read_jsonl(path: str) -> list:
-  with epath.Path(path).open() as f:
+  with files.path(path).open() as f:
     return [json.loads(line) for line in f if line.strip()]

@@ -73,6 +73,7 @@ def data_dir(config, workdir: str) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, make_task) -> dict:
   """make_task(config, workdir, mesh, data_dir) -> Task. Returns {'steps', 'losses' (of this run),
   'evals' {step: {name: value}}, 'preempted'}."""
+  data = data_dir(config, workdir)
   files.path(workdir).mkdir(parents=True, exist_ok=True)
   # ---- Mesh.
   mesh = sharding.make_mesh(tuple(config.mesh))
@@ -80,7 +81,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, make_tas
                jax.process_count())
 
   # ---- Input, model.
-  data = data_dir(config, workdir)
   task = make_task(config, workdir, mesh, data)
   steps_per_epoch = max(1, task.epoch_size * config.data.num_repeats // config.global_batch)
   lr_fn, total_steps, warmup = optim.schedule_from_config(config, steps_per_epoch)
@@ -168,7 +168,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, make_tas
         mngr.wait_until_finished()
         logging.warning('Saved step %d after SIGTERM; exiting.', done)
         return {'steps': done, 'losses': history, 'evals': evals, 'preempted': True}
-      ckpt.save(mngr, done, state, data_iter, input_start, force=done == total_steps)
+      if ckpt.save(mngr, done, state, data_iter, input_start, force=done == total_steps):
+        writer.flush()  # a bucket's metrics reach this checkpoint
     mngr.wait_until_finished()
     if len(history) >= 20:
       k = max(10, len(history) // 10)
