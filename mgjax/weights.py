@@ -13,6 +13,7 @@ Each also writes DIR/mgjax_model.json (the model config), so the directory impor
 from __future__ import annotations
 
 import dataclasses
+import io
 from typing import Optional
 
 import jax
@@ -255,7 +256,6 @@ def _load_foreign_hf(path: str) -> Weights:
 def _read_state_dict(path) -> dict:
   if str(path).endswith('.safetensors'):
     return _read_safetensors(path)
-  import io  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   sd = torch.load(io.BytesIO(files.path(path).read_bytes()), map_location='cpu', weights_only=True)
   sd = convert._unwrap(sd)  # pylint: disable=protected-access

@@ -89,7 +89,7 @@ def bucket():
   env = gcs_emulator.environment(port)
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)
-  yield 'gs://mgjax-test', {**os.environ, **env}
+  yield 'gs://mgjax-test', dict(os.environ)
   for k, v in saved.items():
     if v is None:
       os.environ.pop(k, None)

@@ -20,7 +20,7 @@ def prepare(workdir: str, sample_args: dict) -> str:
   if files.is_remote(workdir):
     raise errors.ConfigError(f'--workdir={workdir} is a bucket, and the demo builds its records beside the '
                              f'workdir on a filesystem: set --config.data.data_dir to built records')
-  root = os.path.join(os.fspath(workdir), 'demo_data')
+  root = os.path.join(workdir, 'demo_data')
   manual, data = os.path.join(root, 'manual'), os.path.join(root, 'records')
   if jax.process_index() == 0:
     if not os.path.exists(os.path.join(manual, 'sample_truth.json')):

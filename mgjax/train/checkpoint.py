@@ -92,9 +92,9 @@ def _check_shapes(mngr: ocp.CheckpointManager, step: int, abstract_state):
     k = jax.tree_util.keystr(p)
     if k in saved and saved[k] != tuple(a.shape):
       raise errors.UserError(
-          f'{os.path.join(str(mngr.directory), str(step))}: {k} is {saved[k]} in the checkpoint and '
+          f'{files.path(mngr.directory) / str(step)}: {k} is {saved[k]} in the checkpoint and '
           f'{tuple(a.shape)} in this run: the workdir holds another model or optimizer. Use another '
-          f'--workdir, or the config it was written with ({os.path.dirname(str(mngr.directory))}/config.json).')
+          f'--workdir, or the config it was written with ({files.path(mngr.directory).parent / "config.json"}).')
 
 
 def _set_aside(mngr: ocp.CheckpointManager, step: int, error: Exception):

@@ -29,18 +29,17 @@ class MetricWriter:
       return
     root = files.path(workdir)
     root.mkdir(parents=True, exist_ok=True)
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     self._remote = files.is_remote(root)
     self._path = root / 'metrics.jsonl'
+    logdir = str(root / 'tensorboard')
     if self._remote:
       self._lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
       self._written = len(self._lines)
-    else:
-      self._jsonl = self._path.open('a')
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    logdir = str(root / 'tensorboard')
-    if self._remote:  # tensorboardX's own bucket writer re-uploads the whole file at every flush
+      # tensorboardX's own bucket writer would re-upload the whole file at every flush
       self._tb = SummaryWriter(f'{_PARTS}:{logdir}', flush_secs=600)
     else:
+      self._jsonl = self._path.open('a')
       self._tb = SummaryWriter(logdir)
 
   def scalars(self, step: int, values: dict):
