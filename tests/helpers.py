@@ -174,3 +174,49 @@ def recorded_losses(run: str) -> list:
   """The recorded per-step losses of a reference run ('pretrain' or 'finetune'), tests/data."""
   with open(os.path.join(REPO, 'tests', 'data', 'recorded_losses.json')) as f:
     return json.load(f)[run]
+
+
+# ---- Two programs that sum the same terms in different orders ---------------------------------------------
+# Sharded, accumulated, rematerialised and multi-process steps compute what the plain step computes, but in
+# another order of summation (other reduction trees; on each processor, other vector widths and FMA
+# contraction in XLA's CPU code), so their float32 results agree up to rounding only. The tolerances follow
+# from float32's unit roundoff u = 2^-24 (6e-8), not from what one processor happened to give:
+# - A sum of n terms, in whatever tree or blocked order, is within about log2(n) u sum|terms| of the exact
+#   sum; the largest reductions of the tests' steps have n < 2^20 terms, so within 20 u = 1.2e-6 of the sum
+#   of the terms' magnitudes.
+# - A loss is a mean of terms of one sign (squared errors, cross-entropies): within 20 u of itself.
+#   LOSS_RTOL leaves a factor 8 for the rounding that the parameters carry into the later steps' losses.
+#   This holds for AdamW runs too: AdamW may move a weight whose gradient is rounding noise by up to 2 lr
+#   in either direction, but that weight's effect on the loss is its gradient times its move, itself at
+#   the rounding level.
+# - A gradient leaf is a sum of terms of both signs. Normwise over the leaf, with cancellation
+#   (sum|terms| / |sum|) up to 10 at each of the few reductions chained between the loss and a weight,
+#   it is within about 4 x 10 x 20 u = 1e-4 of itself; GRAD_RTOL leaves a factor 10 above that. Element by
+#   element there is no such bound: a gradient that is zero in exact arithmetic is rounding noise of either
+#   sign, which is why parameters of AdamW steps are not compared (its first updates are lr * sign(g)).
+# The bugs these comparisons catch move a gradient by a large part of itself (micro-batch gradients summed
+# instead of averaged: x m; mixup pairs drawn inside a micro-batch: other targets; drop path lost).
+# Equality that must be exact (a resumed run on the same machine and program) is compared exactly.
+U32 = 2.0 ** -24
+LOSS_RTOL = 1e-5
+GRAD_RTOL = 1e-3
+
+
+def normwise_error(got, want) -> float:
+  """||got - want|| / ||want|| (want non-zero) of two arrays, in float64."""
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+def assert_close_normwise(got: dict, want: dict, rtol: float, what: str):
+  """Every leaf of two parameter-shaped trees (flat dicts or nested) within rtol normwise."""
+  from mgjax.models import convert  # pylint: disable=g-import-not-at-top
+  fg, fw = convert.flatten(got), convert.flatten(want)
+  assert fg.keys() == fw.keys(), what
+  worst = max(fw, key=lambda k: normwise_error(fg[k], fw[k]) if np.any(fw[k]) else 0.0)
+  err = normwise_error(fg[worst], fw[worst]) if np.any(fw[worst]) else 0.0
+  assert err <= rtol, f'{what}: {worst} differs by {err:.3g} of its norm (> {rtol})'
+  for k in fw:
+    if not np.any(fw[k]):
+      np.testing.assert_array_equal(fg[k], fw[k], err_msg=f'{what}: {k}')
+
