@@ -363,3 +363,109 @@ def test_two_process_evaluate_writes_the_same_numbers(built, finetune_run, tmp_p
   for k in pa:
     np.testing.assert_array_equal(pa[k], pb[k])
   assert len(pa['knn.pred']) == len(records.data_source(built, 'clips', 'test'))
+
+
+# ---- The evaluation protocol's choices, each pinned by a case where the wrong choice answers otherwise ----
+
+def test_knn_and_retrieval_compare_directions_not_lengths():
+  """Features of different norms: the test clip points nearly along class 1's clip, but class 0's clip is
+  ten times longer. Cosine similarity (the protocol, as DINO's kNN) picks class 1; a raw dot product would
+  pick class 0 (10 against 2), in the vote and in the ranking."""
+  train = {'features': np.array([[10.0, 0.0], [0.0, 1.0]], np.float32), 'label': np.array([0, 1])}
+  test = {'features': np.array([[1.0, 2.0]], np.float32), 'label': np.array([1])}
+  for k in (1, 2):
+    assert knn.evaluate(train, test, num_classes=2, k=k)['top1'] == 1.0, k
+  r = retrieval.evaluate(train, test, ks=(1,))
+  assert r['recall@1'] == 1.0 and r['mAP'] == 1.0
+
+
+def test_retrieval_counts_clips_of_the_same_class_as_relevant():
+  """Relevant = the same micro-gesture class, whoever shows it: the query (subject 7, class 0) ranks a clip
+  of its own subject but another class first, then class 0 by subject 8, then class 0 by subject 7. AP =
+  (1/2 + 2/3) / 2; relevance by subject would give (1 + 2/3) / 2, by clip identity nothing."""
+  gallery = {'features': np.array([[1.0, 0.0], [0.9, 0.1], [0.5, 0.5]], np.float32), 'label': np.array([1, 0, 0]),
+             'subject_id': np.array([7, 8, 7])}
+  query = {'features': np.array([[1.0, 0.0]], np.float32), 'label': np.array([0]), 'subject_id': np.array([7])}
+  r = retrieval.evaluate(gallery, query, ks=(1, 2))
+  assert r['recall@1'] == 0.0 and r['recall@2'] == 1.0
+  assert r['mAP'] == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def _leaky_subjects():
+  """30 subjects x 4 clips. A subject's clips share an identity (a random 64-d direction, plus a little
+  noise) and a gesture: class 0 for 20 subjects, class 1 for 10. Nothing in the features tells the
+  gesture of a subject not seen: across subjects the best rule is 'always class 0' (2/3 right), which the
+  strong penalty learns. Within a subject, the identity gives the gesture away."""
+  rng = np.random.default_rng(0)
+  subjects = np.repeat(np.arange(30), 4)
+  identity = rng.normal(size=(30, 64))
+  label = (rng.permutation(30) < 10).astype(np.int64)[subjects]
+  x = (identity[subjects] + 0.1 * rng.normal(size=(120, 64))).astype(np.float32)
+  return {'features': x, 'label': label, 'subject_id': subjects}
+
+
+def test_linear_probe_cross_validation_holds_out_whole_subjects():
+  """With folds of whole subjects, the weak penalty memorises identities that the held-out subjects do not
+  share, so cross-validation prefers the strong one. Folds of clips leave each subject's other clips in
+  training, the weak penalty looks nearly perfect, and it would be chosen."""
+  train = _leaky_subjects()
+  test = {'features': train['features'][:8], 'label': train['label'][:8]}
+  r = linear_probe.evaluate(train, test, 2, steps=200, l2=(1e-4, 10.0), folds=3)
+  assert r['l2'] == 10.0, r['cv_top1']
+  assert r['cv_top1']['0.0001'] < 0.55 < r['cv_top1']['10.0'], r['cv_top1']  # 2/3: 'always class 0'
+  # What folds of clips would have said: the leak the grouping exists to close.
+  clip_folds = linear_probe.select_l2(train['features'], train['label'], np.arange(120), 2, (1e-4, 10.0),
+                                      folds=3, steps=200)
+  assert clip_folds[0] == 1e-4 and clip_folds[1]['0.0001'] > 0.95, clip_folds
+
+
+def test_recognition_averages_every_crop_of_a_view():
+  """One window of a 16 x 48 segment whose left third is dark, middle grey and right third bright: the
+  three crops see one each. The model says (0.55, 0.45, 0) for a dark or bright crop and (0, 0.45, 0.55)
+  for a grey one. Averaged over the three crops, class 1 (0.45) wins; the centre crop alone would say
+  class 2, the left crop alone class 0."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  frame = np.zeros((16, 48, 3), np.uint8)
+  frame[:, 16:32], frame[:, 32:] = 128, 255
+  buf = io.BytesIO()
+  Image.fromarray(frame).save(buf, format='JPEG', quality=95)
+  source = [{'num_frames': 4, 'frames': [buf.getvalue()] * 4, 'label': 1, 'subject_id': 5, 'video_id': b'v',
+             'emotion': 0}]
+  side, grey = jnp.log(jnp.array([0.55, 0.45, 1e-9])), jnp.log(jnp.array([1e-9, 0.45, 0.55]))
+  rest = jnp.full(29, -1e9)
+
+  def module(video):
+    m = video.astype(jnp.float32).mean((1, 2, 3, 4))[:, None]
+    return jnp.where((m > 64) & (m < 192), jnp.concatenate([grey, rest]), jnp.concatenate([side, rest]))
+
+  clips = common.Clips({'test': source}, 32, frames=2, size=16, stride=1)
+  probs = clips.per_clip('test', 1, 3, lambda v: recognition.softmax(np.asarray(module(v), np.float64)))[0]
+  np.testing.assert_allclose(probs[0, :3], [0.55 * 2 / 3, 0.45, 0.55 / 3], atol=1e-6)
+  ev = recognition.Evaluator(clips, {'logits': lambda params, video: module(video)}, test_clips=1, test_crops=3)
+  r = ev.evaluate(params=None)
+  assert ev.predictions[0].tolist() == [1] and r['top1'] == 1.0 and r['views'] == 3
+
+
+def test_emotion_averages_the_clips_of_each_video():
+  """Each video's clips, stored interleaved with other videos' clips: the first shows gesture 2, the same
+  in every video, the other two the video's own (gesture 0 won, 1 lost). Grouped by video and averaged,
+  every test video is right; the first clip alone makes all videos alike (half right), and clips grouped
+  by their position in the records mix videos."""
+  from mgjax.evals import emotion  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  videos = [f'v{i}' for i in range(12)]
+  won = dict(zip(videos, [1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 1, 0]))
+  rows = []
+  for v in videos:
+    g = 0 if won[v] else 1
+    rows.append((0, v, 2, np.eye(4)[2]))
+    rows.extend((j, v, g, np.eye(4)[g] + 0.05 * rng.normal(size=4)) for j in (1, 2))
+  rows.sort(key=lambda r: (r[0], r[1]))  # all first clips, then all second ones, ...: videos interleaved
+  clips = {'features': np.array([r[3] for r in rows], np.float32), 'video_id': np.array([r[1] for r in rows]),
+           'emotion': np.array([won[r[1]] for r in rows]), 'label': np.array([r[2] for r in rows])}
+  mg_train = {k: v[np.isin(clips['video_id'], videos[:8])] for k, v in clips.items()}
+  r = emotion.evaluate(clips, videos[:8], videos[8:], mg_train, num_classes=4, steps=100)
+  for how in ('from_features', 'from_gesture_histogram'):
+    assert r[how] == {'accuracy': 1.0, 'f1': 1.0, 'count': 4}, (how, r[how])
