@@ -18,6 +18,7 @@ from mgjax import weights
 from mgjax.data import pretrain
 from mgjax.models import classifier as classifier_lib
 from mgjax.models import convert, videomae
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,9 +59,9 @@ def test_hf_export_loads_in_transformers_and_matches(workdir, tmp_path):
   x = (video / 255.0 - videomae.IMAGENET_MEAN) / videomae.IMAGENET_STD
   from mgjax.models import vit  # pylint: disable=g-import-not-at-top
   ours = np.asarray(model.encoder(vit.patchify(jnp.asarray(x, jnp.float32), cfg.patch, cfg.tubelet)))
-  np.testing.assert_allclose(hidden, ours, atol=1e-4)
+  np.testing.assert_allclose(hidden, ours, atol=helpers.FORWARD_ATOL, rtol=helpers.FORWARD_RTOL)
   pred, _ = model(jnp.asarray(video), jnp.asarray(mask))
-  np.testing.assert_allclose(logits, np.asarray(pred), atol=1e-4)
+  np.testing.assert_allclose(logits, np.asarray(pred), atol=helpers.FORWARD_ATOL, rtol=helpers.FORWARD_RTOL)
   # Every attention layer really got its q and v biases (not left at zero by a renaming).
   q = enc.encoder.layer[0].attention.attention.query.bias.detach().numpy()
   np.testing.assert_array_equal(q, np.asarray(w.params['encoder']['blocks'][0]['attn']['q_bias']))
@@ -128,7 +129,8 @@ def test_classifier_exports_to_video_classification(tmp_path):
   video, pixels, _ = _inputs(cfg)
   with torch.no_grad():
     logits = hf(pixel_values=pixels).logits.numpy()
-  np.testing.assert_allclose(logits, np.asarray(model(jnp.asarray(video))), atol=1e-4)
+  np.testing.assert_allclose(logits, np.asarray(model(jnp.asarray(video))), atol=helpers.FORWARD_ATOL,
+                             rtol=helpers.FORWARD_RTOL)
   back = weights.load(out)
   for k, v in convert.flatten(back.params).items():
     np.testing.assert_array_equal(v, np.asarray(convert.flatten(params)[k]), err_msg=k)
@@ -208,7 +210,7 @@ def test_decoder_width_exports_loads_and_matches(tmp_path):
   with torch.no_grad():
     logits = pre(pixel_values=pixels, bool_masked_pos=torch.tensor(mask)).logits.numpy()
   pred, _ = model(jnp.asarray(video), jnp.asarray(mask))
-  np.testing.assert_allclose(logits, np.asarray(pred), atol=1e-4)
+  np.testing.assert_allclose(logits, np.asarray(pred), atol=helpers.FORWARD_ATOL, rtol=helpers.FORWARD_RTOL)
   saved = str(tmp_path / 'saved_by_transformers')
   pre.save_pretrained(saved)
   official = str(tmp_path / 'official')
@@ -275,16 +277,17 @@ def test_transformers_parity_on_random_weights(tmp_path):
   patches = vit.patchify(jnp.asarray(x, jnp.float32), RANDOM_CFG.patch, RANDOM_CFG.tubelet)
   ours = np.asarray(pre.encoder(patches))
   assert np.abs(ours).max() > 1  # far from a near-identity network
-  np.testing.assert_allclose(hidden, ours, atol=2e-4, rtol=1e-4)
+  np.testing.assert_allclose(hidden, ours, atol=helpers.FORWARD_ATOL, rtol=helpers.FORWARD_RTOL)
   pred, target = pre(jnp.asarray(video), jnp.asarray(mask))
-  np.testing.assert_allclose(res.logits.numpy(), np.asarray(pred), atol=2e-4, rtol=1e-4)
-  assert float(res.loss) == pytest.approx(float(videomae.loss_fn(pred, target)), rel=1e-5)
+  np.testing.assert_allclose(res.logits.numpy(), np.asarray(pred), atol=helpers.FORWARD_ATOL, rtol=helpers.FORWARD_RTOL)
+  assert float(res.loss) == pytest.approx(float(videomae.loss_fn(pred, target)), rel=helpers.LOSS_RTOL)
   out = str(tmp_path / 'cls')
   weights.write(weights.Weights(cls_params, RANDOM_CFG, num_classes=5), 'hf', out)
   hf_cls = VideoMAEForVideoClassification.from_pretrained(out)
   with torch.no_grad():
     logits = hf_cls(pixel_values=pixels).logits.numpy()
-  np.testing.assert_allclose(logits, np.asarray(cls(jnp.asarray(video))), atol=2e-4, rtol=1e-4)
+  np.testing.assert_allclose(logits, np.asarray(cls(jnp.asarray(video))), atol=helpers.FORWARD_ATOL,
+                             rtol=helpers.FORWARD_RTOL)
 
 
 def test_official_layout_loads_into_modules_built_from_official_names(tmp_path):
@@ -311,7 +314,7 @@ def test_official_layout_loads_into_modules_built_from_official_names(tmp_path):
     with torch.no_grad():
       got = (module(pixels) if num_classes else module(pixels, torch.tensor(mask))).numpy()
     want = cls(jnp.asarray(video)) if num_classes else pre(jnp.asarray(video), jnp.asarray(mask))[0]
-    np.testing.assert_allclose(got, np.asarray(want), atol=2e-4, rtol=1e-4)
+    np.testing.assert_allclose(got, np.asarray(want), atol=helpers.FORWARD_ATOL, rtol=helpers.FORWARD_RTOL)
   for wrapper in ('module', 'state_dict'):
     path = str(tmp_path / f'{wrapper}.pth')
     torch.save({wrapper: sd, 'epoch': 3}, path)

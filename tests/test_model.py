@@ -20,6 +20,7 @@ def test_normalized_pixel_target_and_loss_by_hand():
     patch = x[0, :, :, cols, :]  # (kt, p, p, C), the official (p0 p1 p2) c order
     flat = patch.reshape(-1, 3)  # 512 pixels x 3 channels
     want = (flat - flat.mean(0)) / (np.sqrt(flat.var(0, ddof=1)) + 1e-6)
+    # numpy's formula against XLA's: tolerances as tests/helpers.py derives them
     np.testing.assert_allclose(t[0, tok], want.reshape(-1), rtol=1e-5, atol=1e-5)
   pred = t + np.array([1.0, -1.0])[None, :, None]  # off by 1 everywhere: MSE exactly 1
   assert float(videomae.loss_fn(jnp.asarray(pred), jnp.asarray(t))) == pytest.approx(1.0, rel=1e-6)
