@@ -12,3 +12,7 @@ class ConfigError(UserError, ValueError):
 
 class DataError(UserError, ValueError):
   """Records that are missing, of another builder version, or not what the config asks for."""
+
+
+class PathError(UserError, OSError):
+  """A directory to write in that is a file, cannot be created, or cannot be written."""

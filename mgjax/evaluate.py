@@ -74,7 +74,7 @@ def predict_fns(fns: functional.ModelFns, pooling: str) -> tuple[dict, Callable]
 
 
 def evaluate(config, workdir: str) -> dict:
-  files.path(workdir).mkdir(parents=True, exist_ok=True)
+  files.writable_dir(workdir, '--workdir')
   unknown = sorted(set(config.tasks) - set(config.evals.keys()))
   if unknown:
     raise errors.ConfigError(f'config.tasks: unknown task(s) {unknown}; known: {tuple(config.evals.keys())}')

@@ -9,6 +9,7 @@ this command wrote (any format: it converts between them). The formats are descr
 from absl import flags
 
 from mgjax import cli
+from mgjax import files
 from mgjax import weights
 from mgjax.models import videomae
 
@@ -20,6 +21,7 @@ flags.DEFINE_string('out', None, 'Output directory.')
 def main(argv):
   del argv
   f = flags.FLAGS
+  files.writable_dir(f.out, '--out')  # before the weights are read: a wrong target fails at once
   w = weights.load(f.checkpoint)
   weights.write(w, f.format, f.out)
   n = videomae.count_params(w.params)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 os.environ.setdefault('EPATH_USE_TF', 'false')  # before epath picks a backend for gs:// (tf.io.gfile)
 
@@ -25,6 +26,28 @@ def is_remote(p) -> bool:
 def absolute(p) -> epath.Path:
   """p made absolute against the working directory; a bucket path as it is."""
   return path(p) if is_remote(p) else path(os.path.abspath(os.fspath(p)))
+
+
+def writable_dir(p, flag: str) -> epath.Path:
+  """p as a directory this process can write in, created with its parents if missing. A path that is a
+  file or lies under one, or that cannot be created or written, is an errors.PathError naming `flag` and
+  the path, raised before anything is written there. A bucket is checked by its first write."""
+  from mgjax import errors  # pylint: disable=g-import-not-at-top
+  if is_remote(p):
+    return path(p)
+  p = absolute(p)
+  where = f'{flag}={os.fspath(p)}'
+  if p.exists() and not p.is_dir():
+    raise errors.PathError(f'{where} is a file, not a directory: give a directory to write in')
+  try:
+    p.mkdir(parents=True, exist_ok=True)
+    probe = p / f'.mgjax-write-check-{socket.gethostname()}-{os.getpid()}'
+    probe.write_bytes(b'')
+    probe.unlink()
+  except OSError as e:
+    raise errors.PathError(f'{where} cannot be written ({e.strerror or e}): give a directory you can write '
+                           f'in') from None
+  return p
 
 
 def write_atomic(p, write, binary: bool = False):

@@ -108,9 +108,11 @@ def test_non_finite_loss_stops_at_the_last_good_checkpoint(built, tmp_path):
 
 def test_two_processes_over_localhost_match_one_process(built, pretrain_run, tmp_path):
   """Real multi-process JAX (2 processes x 4 CPU devices, gloo, started by launch/local_multiprocess.sh),
-  starting from a checkpoint that an 8-device run saved: every process reads it whatever devices it has;
-  the single-view evaluation during training gives the same numbers."""
-  steps, extra = 4, ('--config.eval_every=4', '--config.label_fraction=0.5')
+  starting from a checkpoint that an 8-device run saved: every process reads it whatever devices it has.
+  In 2 micro-batches, with mixup, cutmix and drop path on: the same clips are paired and each micro-batch
+  holds the same clips as on one process. The single-view evaluation during training gives the same numbers."""
+  steps, extra = 4, ('--config.eval_every=4', '--config.label_fraction=0.5', '--config.micro_batches=2',
+                    '--config.mesh=(4,1,2)')
   ref = str(tmp_path / 'one')
   out = subprocess.run(_cmd(built, pretrain_run, ref, steps, *extra), cwd=helpers.REPO, capture_output=True,
                        text=True)

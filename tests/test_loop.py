@@ -33,6 +33,10 @@ def _cmd(built, workdir, steps, *extra):
 
 
 EVAL = ('--config.eval_every=5', '--config.eval.limit=12', '--config.viz_every=5')  # kNN, pictures at step 5
+# Gradient accumulation with drop path, whose keys are folded by micro-batch index: the same losses need
+# the same clips in each micro-batch.
+MICRO = ('--config.micro_batches=2', '--config.model.drop_path=0.1')  # 4 clips a micro-batch
+DATA_TENSOR = '--config.mesh=(4,1,2)'  # the batch over 4 devices
 
 
 def _evals(workdir):
@@ -157,9 +161,10 @@ def test_decoder_depth_of_every_config_can_be_set_on_the_command_line():
 
 @pytest.fixture(scope='module')
 def short_run(built, tmp_path_factory):
-  """A plain 5-step run (one process, data parallel over 8 devices), with the kNN at step 5."""
+  """A 5-step run on one process over 8 devices (4 data x 2 tensor), in 2 micro-batches with drop path, with
+  the kNN at step 5."""
   run = str(tmp_path_factory.mktemp('short'))
-  out = _run(_cmd(built, run, 5, *EVAL))
+  out = _run(_cmd(built, run, 5, *EVAL, *MICRO, DATA_TENSOR))
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'step 5: knn/top1' in out.stderr
   return run
@@ -176,10 +181,9 @@ def test_pretraining_logs_the_frozen_feature_knn_every_eval_every(short_run):
   assert any(b'eval/knn/top1' in open(f, 'rb').read() for f in events)
 
 
-def test_fsdp_tensor_mesh_remat_and_micro_batches_match_the_plain_run(built, short_run, tmp_path):
+def test_fsdp_tensor_mesh_and_remat_match_the_short_run(built, short_run, tmp_path):
   run = str(tmp_path / 'run')
-  out = _run(_cmd(built, run, 5, '--config.mesh=(2,2,2)', '--config.micro_batches=2',
-                  '--config.model.remat=dots'))
+  out = _run(_cmd(built, run, 5, *MICRO, '--config.mesh=(2,2,2)', '--config.model.remat=dots'))
   assert out.returncode == 0, out.stderr[-3000:]
   assert "Mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in out.stderr
   want, got = helpers.losses(short_run), helpers.losses(run)
@@ -219,11 +223,11 @@ class _Two:
 
 def test_two_processes_over_localhost_match_one_process_and_restore_on_other_meshes(built, short_run, tmp_path):
   """Real multi-process JAX: 2 processes x 4 CPU devices (gloo) form one 8-device mesh and match the
-  1-process run, kNN included. Then the 2-process checkpoint continues on 1 process with an FSDP x tensor
+  1-process run, kNN included, in 2 micro-batches with drop path (each micro-batch the same clips). Then the 2-process checkpoint continues on 1 process with an FSDP x tensor
   mesh, and the 1-process one on 2 processes with a (2, 2, 2) mesh: both give the same losses."""
   steps = 5
   run = str(tmp_path / 'two')
-  codes, errs = _Two(_cmd(built, run, steps, *EVAL), tmp_path, 'two').wait()
+  codes, errs = _Two(_cmd(built, run, steps, *EVAL, *MICRO, DATA_TENSOR), tmp_path, 'two').wait()
   assert codes == [0, 0], errs[0][-3000:] + errs[1][-3000:]
   assert 'process 0 of 2' in errs[0] and 'process 1 of 2' in errs[1] and '8 devices' in errs[0]
   want, got = helpers.losses(short_run), helpers.losses(run)
@@ -235,15 +239,16 @@ def test_two_processes_over_localhost_match_one_process_and_restore_on_other_mes
   # equal unless two similarities tie to within rounding.
   assert _evals(run) == _evals(short_run)
   picture = lambda w: np.asarray(Image.open(os.path.join(w, 'reconstructions', 'step_0000005.png')), int)
-  # Process 0's clips. Pixels are rounded to 8 bits: a rounding-sized difference can cross a half level.
+  # The global batch's first clips. Pixels are rounded to 8 bits: a rounding-sized difference can cross a
+  # half level.
   np.testing.assert_allclose(picture(run), picture(short_run), atol=1)
   # The 2-process checkpoint on 1 process and another mesh; the 1-process one on 2 processes.
   one = str(tmp_path / 'one')
   shutil.copytree(short_run, one)
-  out = _run(_cmd(built, run, 8, '--config.mesh=(1,4,2)'))
+  out = _run(_cmd(built, run, 8, *MICRO, '--config.mesh=(1,4,2)'))
   assert out.returncode == 0 and f'Resumed from step {steps}' in out.stderr, out.stderr[-3000:]
   assert "Mesh {'data': 1, 'fsdp': 4, 'tensor': 2}" in out.stderr and 'does not fit this run' in out.stderr
-  codes, errs = _Two(_cmd(built, one, 8, '--config.mesh=(2,2,2)'), tmp_path, 'one').wait()
+  codes, errs = _Two(_cmd(built, one, 8, *MICRO, '--config.mesh=(2,2,2)'), tmp_path, 'one').wait()
   assert codes == [0, 0] and f'Resumed from step {steps}' in errs[0], errs[0][-3000:]
   want, got = helpers.losses(one), helpers.losses(run)
   np.testing.assert_allclose([got[s] for s in range(6, 9)], [want[s] for s in range(6, 9)], rtol=helpers.LOSS_RTOL)

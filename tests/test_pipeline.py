@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from mgjax import errors
 from mgjax.data import pretrain, records
 
 SPAN_ARGS = dict(frames=8, stride=4)
@@ -80,6 +81,26 @@ def test_process_slices_make_up_the_same_global_batch(built):
     assert got[0]['video'].shape[0] == 4
     np.testing.assert_array_equal(np.concatenate([g['video'] for g in got]), want['video'])
     np.testing.assert_array_equal(np.concatenate([g['mask'] for g in got]), want['mask'])
+
+
+def test_micro_batches_hold_the_same_clips_for_any_process_count(built):
+  """With micro_batches=2, a host batch is (micro-batch 0's slice, micro-batch 1's slice): put together
+  over 2 processes, micro-batch k is the same clips as on 1 process, which are the clips of the run
+  without micro-batches."""
+  plain = iter(pretrain.make_dataset(_cfg(built)))
+  whole = iter(pretrain.make_dataset(_cfg(built, micro_batches=2)))
+  parts = [iter(pretrain.make_dataset(_cfg(built, micro_batches=2), process_index=i, process_count=2))
+           for i in range(2)]
+  for _ in range(2):
+    want, one = next(plain), next(whole)
+    np.testing.assert_array_equal(one['video'], want['video'])
+    got = [{k: v.reshape((2, 2) + v.shape[1:]) for k, v in next(p).items()} for p in parts]  # (micro, clip)
+    for k in ('video', 'mask'):
+      glued = np.concatenate([np.concatenate([g[k][m] for g in got]) for m in range(2)])
+      np.testing.assert_array_equal(glued, want[k])
+  with np.testing.assert_raises_regex(errors.ConfigError, 'config.micro_batches=4 micro-batches, each over 2 '
+                                      'processes, and then into groups of config.data.num_repeats=2'):
+    pretrain.make_dataset(_cfg(built, micro_batches=4), process_index=0, process_count=2)
 
 
 def test_tube_and_random_masks_hide_the_same_number_of_tokens():

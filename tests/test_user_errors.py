@@ -37,6 +37,10 @@ CASES = {
     'init of another model': (
         lambda built, pre, tmp: helpers.finetune_cmd(built, pre, str(tmp / 'w'), 2, '--config.model.size=XS'),
         ['a T model (patch 16, tubelet 2) cannot initialise the XS config']),
+    'micro-batches over the mesh': (lambda built, pre, tmp: _main(built, tmp / 'w', '--config.global_batch=8',
+                                                                  '--config.micro_batches=2'),
+                                    ['config.global_batch=8 in config.micro_batches=2 micro-batches does not split '
+                                     'over the 8 devices']),
     'label fraction': (lambda built, pre, tmp: helpers.finetune_cmd(built, '', str(tmp / 'w'), 2,
                                                                      '--config.label_fraction=1.5'),
                        ['config.label_fraction=1.5']),
@@ -59,3 +63,32 @@ def test_user_error_is_one_line_without_traceback(case, built, pretrain_run, tmp
   assert sum(line.startswith('error: ') for line in lines) == 1
   for w in wanted:
     assert w.format(tmp=tmp_path) in lines[-1], lines[-1]
+
+
+BINARIES = {  # binary -> its command with the directory it writes in set to {out}
+    'mgjax.main (the demo)': lambda built, pre, out: [sys.executable, '-m', 'mgjax.main', '--config=configs/demo.py',
+                                                      f'--workdir={out}'],
+    'mgjax.finetune': lambda built, pre, out: helpers.finetune_cmd(built, pre, out, 2),
+    'mgjax.evaluate': lambda built, pre, out: [sys.executable, '-m', 'mgjax.evaluate', '--config=configs/eval.py',
+                                               '--config.checkpoint=random', f'--config.data_dir={built}',
+                                               f'--workdir={out}'],
+    'mgjax.export': lambda built, pre, out: [sys.executable, '-m', 'mgjax.export', f'--checkpoint={pre}',
+                                             '--format=hf', f'--out={out}'],
+}
+
+
+@pytest.mark.parametrize('binary', sorted(BINARIES))
+def test_a_directory_that_cannot_be_written_is_one_line(binary, built, pretrain_run, tmp_path):
+  """A file given as the directory to write in, a path under a file, and a path the system refuses
+  (/proc): one line naming the flag and the path, exit status 2, the file untouched."""
+  flag = '--out' if binary == 'mgjax.export' else '--workdir'
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('keep me')
+  for out, says in ((a_file, 'is a file, not a directory'), (a_file / 'run', 'cannot be written'),
+                    ('/proc/mgjax-run', 'cannot be written')):
+    res = subprocess.run(BINARIES[binary](built, pretrain_run, str(out)), cwd=helpers.REPO, capture_output=True,
+                         text=True)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and 'Traceback' not in res.stderr, res.stderr[-3000:]
+    assert lines[-1].startswith(f'error: {flag}={out} {says}'), lines[-3:]
+    assert a_file.read_text() == 'keep me' and sorted(os.listdir(tmp_path)) == ['a_file']

@@ -37,6 +37,7 @@ class FinetuneInputConfig:
   class_balanced: bool = False
   seed: int = 0
   global_batch: int = 32
+  micro_batches: int = 1  # host batches laid out as stream.batches says
   workers: int = 0
 
 
@@ -174,7 +175,8 @@ def make_dataset(source, indices: Sequence[int], labels: np.ndarray, cfg: Finetu
   """As the pretraining pipeline's make_dataset: per-process host batches from global batch start_batch."""
   return stream.batches(ClipAugmenter(source, np.asarray(indices), np.asarray(labels), cfg),
                         global_batch=cfg.global_batch, num_repeats=cfg.num_repeats, process_index=process_index,
-                        process_count=process_count, start_batch=start_batch, workers=cfg.workers)
+                        process_count=process_count, start_batch=start_batch, workers=cfg.workers,
+                        micro_batches=cfg.micro_batches)
 
 
 def read_labels(data_dir: str, config: str, split: str, source) -> np.ndarray:

@@ -134,6 +134,7 @@ class PipelineConfig:
   split: str = 'train'
   seed: int = 0
   global_batch: int = 32
+  micro_batches: int = 1  # host batches laid out as stream.batches says
   sampling: SamplingConfig = SamplingConfig()
   augment: AugmentConfig = AugmentConfig()
   grid: tuple = (8, 14, 14)  # token grid of the model: (frames / tubelet, size / patch, size / patch)
@@ -176,4 +177,4 @@ def make_dataset(cfg: PipelineConfig, process_index: int = 0, process_count: int
   return stream.batches(ClipMaker(source, cfg), global_batch=cfg.global_batch,
                         num_repeats=cfg.augment.num_repeats, process_index=process_index,
                         process_count=process_count, start_batch=start_batch, workers=cfg.workers,
-                        prefetch=cfg.prefetch)
+                        micro_batches=cfg.micro_batches, prefetch=cfg.prefetch)

@@ -2,8 +2,10 @@
 
 Global position p of the clip stream -> a clip, a function of p alone; global batch b holds positions
 b * per .. (b + 1) * per - 1 (per = global_batch / num_repeats decoded windows, each giving num_repeats
-augmented views). Each process takes its consecutive slice of every global batch, so the global batches
-are the same for any number of processes, and a stream can start at any global batch.
+augmented views), and its micro-batch i (gradient accumulation) the i-th of micro_batches consecutive
+parts of those. Each process takes its consecutive slice of every micro-batch, so a host batch is
+(micro_batches x its slice of each) and the global batches and their micro-batches are the same clips in
+the same places for any number of processes; a stream can start at any global batch.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from mgjax import errors
 
 
 class ProcessSlice:
-  """This process's j-th element -> its global position: each global batch is cut into process_count
-  consecutive slices, so global batches are the same whatever the number of processes."""
+  """This process's j-th element -> its global position: each unit of process_count * per positions (a
+  micro-batch) is cut into process_count consecutive slices, so the units are the same whatever the
+  number of processes."""
 
   def __init__(self, per_process: int, process_index: int, process_count: int):
     self.per, self.index, self.count = per_process, process_index, process_count
@@ -32,21 +35,25 @@ def flatten_repeats(batch):
 
 
 def batches(clip_fn: Callable[[int], dict], *, global_batch: int, num_repeats: int, process_index: int,
-            process_count: int, start_batch: int, workers: int,
+            process_count: int, start_batch: int, workers: int, micro_batches: int = 1,
             prefetch: Optional[int] = None) -> grain.IterDataset:
-  """This process's host batches of global_batch / process_count clips from global batch start_batch on.
+  """This process's host batches of global_batch / process_count clips from global batch start_batch on:
+  micro_batches consecutive parts, the k-th this process's slice of micro-batch k (what step.to_global
+  expects).
 
   clip_fn(position) -> {key: (num_repeats, ...)}: the views of one decoded window. With workers > 0,
   `workers` grain processes prepare them (prefetch: batches buffered per worker).
   """
-  per_process = global_batch // process_count
-  if global_batch % process_count or per_process % num_repeats:
-    raise errors.ConfigError(f'config.global_batch={global_batch} must split into {process_count} processes '
-                             f'and then into groups of config.data.num_repeats={num_repeats}')
-  per = per_process // num_repeats  # decoded windows per process per batch
-  ds = grain.MapDataset.range(start_batch * per, 2**62).map(ProcessSlice(per, process_index, process_count))
-  ds = ds.map(clip_fn)
-  ds = ds.batch(per, drop_remainder=True).map(flatten_repeats)
+  part = global_batch // (process_count * micro_batches)  # clips of one micro-batch on one process
+  if global_batch % (process_count * micro_batches) or part % num_repeats:
+    raise errors.ConfigError(
+        f'config.global_batch={global_batch} must split into config.micro_batches={micro_batches} '
+        f'micro-batches, each over {process_count} processes, and then into groups of '
+        f'config.data.num_repeats={num_repeats}')
+  per = part // num_repeats  # decoded windows of one micro-batch on one process
+  ds = grain.MapDataset.range(start_batch * per * micro_batches, 2**62)
+  ds = ds.map(ProcessSlice(per, process_index, process_count)).map(clip_fn)
+  ds = ds.batch(per * micro_batches, drop_remainder=True).map(flatten_repeats)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if workers > 0:
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app use defaults

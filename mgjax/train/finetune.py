@@ -99,7 +99,8 @@ def make_task(config, workdir: str, mesh, data_dir: str) -> trainer.Task:
       frames=model_cfg.frames, stride=d.stride, image_size=model_cfg.image_size,
       scale=tuple(d.crop_scale), flip=d.flip,
       randaug_n=d.randaug_n, randaug_m=d.randaug_m, erase_prob=d.erase_prob, num_repeats=d.num_repeats,
-      class_balanced=d.class_balanced, seed=config.seed, global_batch=config.global_batch, workers=d.workers)
+      class_balanced=d.class_balanced, seed=config.seed, global_batch=config.global_batch,
+      micro_batches=config.micro_batches, workers=d.workers)
 
   def make_iter(start_batch: int):
     return iter(data_lib.make_dataset(source, indices, labels[indices], icfg, jax.process_index(),

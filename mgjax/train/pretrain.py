@@ -38,6 +38,7 @@ def pipeline_config(config, data_dir: str, model_cfg: ModelConfig) -> pipeline.P
   d = config.data
   return pipeline.PipelineConfig(
       data_dir=data_dir, config=d.name, split=d.split, seed=config.seed, global_batch=config.global_batch,
+      micro_batches=config.micro_batches,
       sampling=pipeline.SamplingConfig(frames=model_cfg.frames, stride=d.stride, sampling=d.sampling,
                                        static_motion=d.static_motion, static_keep=d.static_keep),
       augment=pipeline.AugmentConfig(image_size=model_cfg.image_size, scales=tuple(d.scales), flip=d.flip,
@@ -59,7 +60,8 @@ def make_task(config, workdir: str, mesh, data_dir: str) -> trainer.Task:
   recon = jax.jit(lambda p, v, m: fns.module(p)(v, m)[0], out_shardings=sharding.replicated(mesh))
 
   def pictures(step, state, host, writer):
-    write_reconstruction(workdir, writer, step, recon, state['params'], host, model_cfg, mesh)
+    write_reconstruction(workdir, writer, step, recon, state['params'], host, model_cfg, mesh,
+                         config.micro_batches)
 
   return trainer.Task(
       name='Pretraining', fns=fns, epoch_size=len(source), make_iter=make_iter,
@@ -72,13 +74,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return trainer.train_and_evaluate(config, workdir, make_task)
 
 
-def write_reconstruction(workdir, writer, step, recon, params, host, model_cfg, mesh):
-  """The first clips of the batch (process 0's, on every process): input | masked | reconstruction, to
-  workdir/reconstructions and TensorBoard."""
-  n = min(4, host['video'].shape[0])
-  video, mask = np.asarray(host['video'][:n]), np.asarray(host['mask'][:n]).astype(np.uint8)
+def write_reconstruction(workdir, writer, step, recon, params, host, model_cfg, mesh, micro_batches=1):
+  """The first 4 clips of the global batch, the same for any number of processes: input | masked |
+  reconstruction, to workdir/reconstructions and TensorBoard. The host batch starts with this process's
+  slice of micro-batch 0 (data/stream.py); the slices' first clips, gathered in process order, begin with
+  the global batch's first clips."""
+  take = min(4, host['video'].shape[0] // micro_batches)
+  video, mask = np.asarray(host['video'][:take]), np.asarray(host['mask'][:take]).astype(np.uint8)
   if jax.process_count() > 1:
-    video, mask = multihost_utils.broadcast_one_to_all((video, mask))
+    video, mask = (np.asarray(x).reshape((-1,) + x.shape[2:])[:4]
+                   for x in multihost_utils.process_allgather((video, mask)))
   rep = sharding.replicated(mesh)
   put = lambda x: jax.make_array_from_process_local_data(rep, np.asarray(x))
   mask = np.asarray(mask).astype(bool)

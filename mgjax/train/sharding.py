@@ -109,5 +109,15 @@ def batch_sharding(mesh: Mesh, ndim: int, leading_unsharded: int = 0) -> NamedSh
                                *([None] * (ndim - 1 - leading_unsharded))))
 
 
+def check_batch(mesh: Mesh, global_batch: int, micro_batches: int):
+  """Each micro-batch of the global batch splits evenly over the mesh axes the batch is sharded on."""
+  ways = _axis_size(mesh, _mesh_axes('batch'))
+  if micro_batches < 1 or global_batch % (micro_batches * ways):
+    raise errors.ConfigError(
+        f'config.global_batch={global_batch} in config.micro_batches={micro_batches} micro-batches does not '
+        f'split over the {ways} devices of config.mesh={tuple(mesh.shape.values())} that share a batch '
+        f'(data x fsdp): make the global batch a multiple of {max(micro_batches, 1) * ways}')
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())

@@ -85,7 +85,9 @@ def jit_train_step(step_fn, mesh, shardings, batch_ndims: dict):
 
 
 def to_global(batch: dict, micro_batches: int, batch_shardings: dict) -> dict:
-  """Host batch (this process's clips) -> global arrays (micro_batches, global / micro, ...)."""
+  """Host batch -> global arrays (micro_batches, global / micro, ...). The host batch is this process's
+  clips as data/stream.py lays them out: micro_batches consecutive parts, the k-th its slice of micro-batch
+  k, so micro-batch k holds the same clips for any number of processes."""
   out = {}
   for k, v in batch.items():
     v = np.asarray(v)

@@ -58,7 +58,7 @@ class Task:
   fns: functional.ModelFns
   epoch_size: int  # examples an epoch reads once (records, or labelled clips), before num_repeats
   make_iter: Callable[[int], Iterator[dict]]  # start_batch -> this process's host batches from there
-  batch_ndims: dict  # batch key -> dimensions of its host array
+  batch_ndims: dict  # batch key -> dimensions of its global array (micro-batch, clip, ...)
   make_step: Callable  # (tx, lr_fn) -> step(state, batch, key) -> (state, metrics)
   init_params: Optional[Callable[[int], dict]] = None  # on the host (reads files); None: fns.init, jitted
   run_info: Callable[[], dict] = dict  # more fields of run_info.json
@@ -73,10 +73,11 @@ def data_dir(config, workdir: str) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, make_task) -> dict:
   """make_task(config, workdir, mesh, data_dir) -> Task. Returns {'steps', 'losses' (of this run),
   'evals' {step: {name: value}}, 'preempted'}."""
+  files.writable_dir(workdir, '--workdir')  # before the demo builds its records there
   data = data_dir(config, workdir)
-  files.path(workdir).mkdir(parents=True, exist_ok=True)
   # ---- Mesh.
   mesh = sharding.make_mesh(tuple(config.mesh))
+  sharding.check_batch(mesh, config.global_batch, config.micro_batches)
   logging.info('Mesh %s over %d devices (%d processes)', dict(mesh.shape), jax.device_count(),
                jax.process_count())
 
