@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 
 os.environ.setdefault('EPATH_USE_TF', 'false')  # before epath picks a backend for gs:// (tf.io.gfile)
 
@@ -34,6 +35,7 @@ def writable_dir(p, flag: str) -> epath.Path:
   the path, raised before anything is written there. A bucket is checked by its first write."""
   from mgjax import errors  # pylint: disable=g-import-not-at-top
   if is_remote(p):
+    check_bucket(p, flag)
     return path(p)
   p = absolute(p)
   where = f'{flag}={os.fspath(p)}'
@@ -48,6 +50,44 @@ def writable_dir(p, flag: str) -> epath.Path:
     raise errors.PathError(f'{where} cannot be written ({e.strerror or e}): give a directory you can write '
                            f'in') from None
   return p
+
+
+BUCKET_TIMEOUT_S = 10.0
+
+
+def check_bucket(p, flag: str, timeout: float = BUCKET_TIMEOUT_S):
+  """The bucket of a gs:// (or s3://) path exists and answers within `timeout` seconds, else an
+  errors.PathError naming the bucket and what to check. mgjax never creates a bucket: a mistyped name
+  fails here instead of creating one where the credentials allow it. (The storage client retries for
+  minutes without a network or credentials; this waits `timeout` seconds.)"""
+  from mgjax import errors  # pylint: disable=g-import-not-at-top
+  scheme, rest = os.fspath(p).split('://', 1)
+  bucket = f'{scheme}://{rest.split("/", 1)[0]}'
+  answer = {}
+
+  def ask():
+    try:
+      import fsspec  # pylint: disable=g-import-not-at-top
+      fsspec.filesystem(scheme).info(bucket.split('://', 1)[1])
+      answer['ok'] = True
+    except BaseException as e:  # pylint: disable=broad-except  reported below, on the caller's thread
+      answer['error'] = e
+
+  asking = threading.Thread(target=ask, daemon=True)  # a hung request must not keep the process alive
+  asking.start()
+  asking.join(timeout)
+  where = f'{flag}={os.fspath(p)}'
+  if not answer:
+    raise errors.PathError(f'{where}: no answer from {bucket} within {timeout:.0f} s: check the network and '
+                           f'the credentials (gcloud auth application-default login)')
+  e = answer.get('error')
+  if isinstance(e, FileNotFoundError):
+    raise errors.PathError(f'{where}: the bucket {bucket} does not exist (mgjax does not create buckets): '
+                           f'correct the name or create the bucket')
+  if e is not None:
+    first = (str(e).strip().splitlines() or [''])[0][:200]
+    raise errors.PathError(f'{where}: cannot use the bucket {bucket} ({type(e).__name__}: {first}): check the '
+                           f'credentials (gcloud auth application-default login) and the network')
 
 
 def write_atomic(p, write, binary: bool = False):

@@ -92,3 +92,28 @@ def test_a_directory_that_cannot_be_written_is_one_line(binary, built, pretrain_
     assert res.returncode == 2 and 'Traceback' not in res.stderr, res.stderr[-3000:]
     assert lines[-1].startswith(f'error: {flag}={out} {says}'), lines[-3:]
     assert a_file.read_text() == 'keep me' and sorted(os.listdir(tmp_path)) == ['a_file']
+
+
+def test_a_missing_or_unreachable_bucket_is_one_line_within_30_s(built, bucket, tmp_path):
+  """A workdir or export target in a bucket that does not exist, or on a storage server that does not
+  answer: one line naming the bucket and what to check, within 30 s, and no bucket is created."""
+  import time  # pylint: disable=g-import-not-at-top
+  import fsspec  # pylint: disable=g-import-not-at-top
+  root, env = bucket
+  nobody = dict(env, STORAGE_EMULATOR_HOST=f'http://127.0.0.1:{helpers.free_port()}')  # nothing listens
+  train = lambda out: _main(built, out)
+  export = lambda out: [sys.executable, '-m', 'mgjax.export', f'--checkpoint={tmp_path}', '--format=hf',
+                        f'--out={out}']
+  for make, flag, out, run_env, says in (
+      (train, '--workdir', 'gs://mgjax-no-such-bucket/run', env, 'the bucket gs://mgjax-no-such-bucket does not exist'),
+      (export, '--out', 'gs://mgjax-no-such-bucket/hf', env, 'the bucket gs://mgjax-no-such-bucket does not exist'),
+      (train, '--workdir', f'{root}/run', nobody, 'check the network')):
+    start = time.time()
+    res = subprocess.run(make(out), cwd=helpers.REPO, capture_output=True, text=True, env=run_env, timeout=120)
+    took = time.time() - start
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and 'Traceback' not in res.stderr, res.stderr[-3000:]
+    assert lines[-1].startswith(f'error: {flag}={out}: ') and says in lines[-1], lines[-3:]
+    assert took < 30, took
+  assert fsspec.filesystem('gs', skip_instance_cache=True).ls('') == ['mgjax-test/']  # none created
+  assert not fsspec.filesystem('gs', skip_instance_cache=True).ls(root)  # nothing written in the bucket

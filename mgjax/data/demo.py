@@ -11,15 +11,20 @@ from mgjax import errors
 from mgjax import files
 
 
+def check_workdir(workdir: str):
+  """The demo builds its records beside the workdir, on a filesystem: a bucket workdir is a config error."""
+  if files.is_remote(workdir):
+    raise errors.ConfigError(f'--workdir={workdir} is a bucket, and the demo builds its records beside the '
+                             f'workdir on a filesystem: set --config.data.data_dir to built records')
+
+
 def prepare(workdir: str, sample_args: dict) -> str:
   """Generates the sample dataset and builds its records (pretrain, and clips for evaluation) into
   workdir/demo_data, once."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from tfds_imigue3k import imigue3k_dataset_builder as builder_lib  # pylint: disable=g-import-not-at-top
   from tfds_imigue3k import sample  # pylint: disable=g-import-not-at-top
-  if files.is_remote(workdir):
-    raise errors.ConfigError(f'--workdir={workdir} is a bucket, and the demo builds its records beside the '
-                             f'workdir on a filesystem: set --config.data.data_dir to built records')
+  check_workdir(workdir)
   root = os.path.join(workdir, 'demo_data')
   manual, data = os.path.join(root, 'manual'), os.path.join(root, 'records')
   if jax.process_index() == 0:

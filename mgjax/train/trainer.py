@@ -73,6 +73,8 @@ def data_dir(config, workdir: str) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, make_task) -> dict:
   """make_task(config, workdir, mesh, data_dir) -> Task. Returns {'steps', 'losses' (of this run),
   'evals' {step: {name: value}}, 'preempted'}."""
+  if not config.data.data_dir:
+    demo.check_workdir(workdir)  # a config error, before any request to a bucket
   files.writable_dir(workdir, '--workdir')  # before the demo builds its records there
   data = data_dir(config, workdir)
   # ---- Mesh.
