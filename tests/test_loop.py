@@ -373,3 +373,48 @@ def test_a_bucket_workdir_trains_resumes_evaluates_and_exports(built, reference,
     assert out.returncode == 0, out.stderr[-3000:]
   remote, local = (files.read_json(files.path(w) / 'results.json') for w in (f'{root}/eval', tmp_path / 'eval'))
   assert remote['checkpoint_read'] == f'{run}/checkpoints/40' and remote['knn'] == local['knn']
+
+
+def test_restore_tells_damaged_data_from_a_failure_to_read(tmp_path):
+  """What decides whether a checkpoint is set aside: the errors real reads raise. A truncated or missing
+  array file (TensorStore's OUT_OF_RANGE, NOT_FOUND) is damage; a refused connection or a timeout is a
+  failure to read, tried again, never a reason to move a checkpoint; anything else is neither."""
+  import socket  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from mgjax.train import checkpoint as ckpt  # pylint: disable=g-import-not-at-top
+  state = {'w': np.arange(50000, dtype=np.float32)}
+  mngr = ocp.CheckpointManager(tmp_path / 'c', item_names=('state',), options=ocp.CheckpointManagerOptions(create=True))
+  mngr.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+  mngr.wait_until_finished()
+  target = {'w': jax.ShapeDtypeStruct((50000,), np.float32)}
+
+  def restore_error():
+    try:
+      ocp.CheckpointManager(tmp_path / 'c', item_names=('state',)).restore(
+          1, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    except Exception as e:  # pylint: disable=broad-except
+      return e
+    raise AssertionError('restored')
+
+  data = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / 'c') for f in fs if os.path.basename(d) == 'd']
+  for path in data:
+    os.truncate(path, os.path.getsize(path) // 2)
+  assert ckpt.classify(restore_error()) == 'damaged'
+  for path in data:
+    os.remove(path)
+  assert ckpt.classify(restore_error()) == 'damaged'
+  try:
+    socket.create_connection(('127.0.0.1', helpers.free_port()), timeout=5).close()  # nothing listens
+  except ConnectionRefusedError as refused:
+    try:
+      raise RuntimeError('orbax: item restore failed') from refused
+    except RuntimeError as wrapped:
+      assert ckpt.classify(wrapped) == 'transient'
+  assert ckpt.classify(ValueError('INVALID_ARGUMENT: a spec this version does not read')) == 'other'
+  with socket.create_server(('127.0.0.1', 0)) as server, socket.create_connection(server.getsockname()) as c:
+    c.settimeout(0.05)
+    try:
+      c.recv(1)  # the server never sends
+    except OSError as timed_out:
+      assert ckpt.classify(timed_out) == 'transient'

@@ -8,8 +8,11 @@ resume on another mesh. `Preemption` turns SIGTERM into a checkpoint at the next
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import time
+import zlib
 from typing import Callable, Iterator, Optional
 
 import grain
@@ -45,9 +48,10 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, shardings, make_iter: C
   """Restores (state, step, data iterator, the global batch its dataset starts at) from the newest
   checkpoint that restores.
 
-  A complete checkpoint whose files do not read (truncated, corrupted) is named in one warning, moved
-  aside to `checkpoints_unreadable/<step>` beside the checkpoints (never deleted), and the next older one
-  is tried. One whose arrays have other shapes than this run's state (another model or optimizer) is a
+  A complete checkpoint whose data is damaged (a file missing or truncated, a checksum or decoding error)
+  is named in one warning, moved aside to `checkpoints_unreadable/<step>` beside the checkpoints (never
+  deleted), and the next older one is tried. A failure to read (a bucket's 5xx, a timeout, a dropped
+  connection) is tried again, then stops the run with nothing moved; so does an error that is neither. One whose arrays have other shapes than this run's state (another model or optimizer) is a
   user error, not corruption: nothing is moved.
 
   make_iter(start_batch) builds the input iterator from global batch start_batch on. It is built where
@@ -59,11 +63,9 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, shardings, make_iter: C
                         shardings)
   for step in sorted(mngr.all_steps(), reverse=True):
     _check_shapes(mngr, step, abstract_state)
-    try:
-      state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']
+    state = _restore_state(mngr, step, target)
+    if state is not None:
       break
-    except Exception as e:  # pylint: disable=broad-except  (TensorStore and orbax raise several kinds)
-      _set_aside(mngr, step, e)
   else:
     return None
   start_batch = 0
@@ -79,6 +81,58 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, shardings, make_iter: C
                     'state is restored; the input continues at batch %d, recomputed.', step,
                     type(e).__name__, e, step)
     return state, step, make_iter(step), step
+
+
+# TensorStore reports errors as ValueError('CODE: ...') with absl status codes; the Python storage clients
+# raise their own kinds. Damaged data: a file missing, shorter than its index says, or failing its checksum
+# or decoding. A failure to read: the storage did not answer or refused for now (a bucket's 5xx or 429, a
+# timeout, a dropped connection). Anything else is neither, and stops the run without moving anything.
+DAMAGED_CODES = ('NOT_FOUND', 'OUT_OF_RANGE', 'DATA_LOSS')
+TRANSIENT_CODES = ('UNAVAILABLE', 'DEADLINE_EXCEEDED', 'RESOURCE_EXHAUSTED', 'ABORTED')
+RESTORE_TRIES = 4  # attempts of a restore that fails to read, 2, 4 and 8 s apart
+
+
+def classify(error: BaseException) -> str:
+  """'damaged', 'transient' or 'other', from the error and the errors it was raised from."""
+  chain, e = [], error
+  while e is not None and len(chain) < 16:
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  for e in chain:
+    text = str(e).lstrip()
+    if isinstance(e, (TimeoutError, ConnectionError)) or text.startswith(TRANSIENT_CODES) or (
+        type(e).__module__.startswith('aiohttp')):
+      return 'transient'
+    if isinstance(e, (FileNotFoundError, EOFError, json.JSONDecodeError, zlib.error)) or (
+        text.startswith(DAMAGED_CODES)):
+      return 'damaged'
+  return 'other'
+
+
+def _restore_state(mngr: ocp.CheckpointManager, step: int, target):
+  """The state of checkpoint `step`, or None when its data is damaged (it is then set aside). A failure
+  to read is tried again RESTORE_TRIES times, then stops the run with the checkpoint left where it is."""
+  for attempt in range(RESTORE_TRIES):
+    try:
+      return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']
+    except Exception as e:  # pylint: disable=broad-except  (TensorStore and orbax raise several kinds)
+      kind, error = classify(e), e
+    where = files.path(mngr.directory) / str(step)
+    first = (str(error).strip().splitlines() or [''])[0][:300]
+    if kind == 'damaged':
+      _set_aside(mngr, step, error)
+      return None
+    if kind == 'other':
+      raise errors.UserError(
+          f'{where} does not restore ({type(error).__name__}: {first}), and the error does not say its data '
+          f'is damaged: nothing was moved. If its files are damaged, move {where} out of '
+          f'{where.parent} and run again.') from error
+    if attempt + 1 < RESTORE_TRIES:
+      logging.warning('Checkpoint %s: reading failed (%s: %s); trying again in %d s.', where,
+                      type(error).__name__, first, 2 ** (attempt + 1))
+      time.sleep(2 ** (attempt + 1))
+  raise errors.UserError(f'{where} could not be read in {RESTORE_TRIES} tries ({type(error).__name__}: '
+                         f'{first}): nothing was moved; check the storage (network, credentials) and run again.')
 
 
 def _check_shapes(mngr: ocp.CheckpointManager, step: int, abstract_state):
