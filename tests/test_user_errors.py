@@ -116,4 +116,4 @@ def test_a_missing_or_unreachable_bucket_is_one_line_within_30_s(built, bucket, 
     assert lines[-1].startswith(f'error: {flag}={out}: ') and says in lines[-1], lines[-3:]
     assert took < 30, took
   assert fsspec.filesystem('gs', skip_instance_cache=True).ls('') == ['mgjax-test/']  # none created
-  assert not fsspec.filesystem('gs', skip_instance_cache=True).ls(root)  # nothing written in the bucket
+  assert not fsspec.filesystem('gs', skip_instance_cache=True).exists(f'{root}/run')  # nothing written there
