@@ -14,6 +14,8 @@ os.environ.setdefault('EPATH_USE_TF', 'false')  # before epath picks a backend f
 
 from etils import epath  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from mgjax import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 
 def path(p) -> epath.Path:
   return epath.Path(p)
@@ -33,7 +35,6 @@ def writable_dir(p, flag: str) -> epath.Path:
   """p as a directory this process can write in, created with its parents if missing. A path that is a
   file or lies under one, or that cannot be created or written, is an errors.PathError naming `flag` and
   the path, raised before anything is written there. A bucket is checked by its first write."""
-  from mgjax import errors  # pylint: disable=g-import-not-at-top
   if is_remote(p):
     check_bucket(p, flag)
     return path(p)
@@ -60,15 +61,15 @@ def check_bucket(p, flag: str, timeout: float = BUCKET_TIMEOUT_S):
   errors.PathError naming the bucket and what to check. mgjax never creates a bucket: a mistyped name
   fails here instead of creating one where the credentials allow it. (The storage client retries for
   minutes without a network or credentials; this waits `timeout` seconds.)"""
-  from mgjax import errors  # pylint: disable=g-import-not-at-top
   scheme, rest = os.fspath(p).split('://', 1)
-  bucket = f'{scheme}://{rest.split("/", 1)[0]}'
+  name = rest.split('/', 1)[0]
+  bucket = f'{scheme}://{name}'
   answer = {}
 
   def ask():
     try:
       import fsspec  # pylint: disable=g-import-not-at-top
-      fsspec.filesystem(scheme).info(bucket.split('://', 1)[1])
+      fsspec.filesystem(scheme).info(name)
       answer['ok'] = True
     except BaseException as e:  # pylint: disable=broad-except  reported below, on the caller's thread
       answer['error'] = e
@@ -85,9 +86,9 @@ def check_bucket(p, flag: str, timeout: float = BUCKET_TIMEOUT_S):
     raise errors.PathError(f'{where}: the bucket {bucket} does not exist (mgjax does not create buckets): '
                            f'correct the name or create the bucket')
   if e is not None:
-    first = (str(e).strip().splitlines() or [''])[0][:200]
-    raise errors.PathError(f'{where}: cannot use the bucket {bucket} ({type(e).__name__}: {first}): check the '
-                           f'credentials (gcloud auth application-default login) and the network')
+    raise errors.PathError(f'{where}: cannot use the bucket {bucket} ({type(e).__name__}: '
+                           f'{errors.first_line(e, 200)}): check the credentials (gcloud auth '
+                           f'application-default login) and the network')
 
 
 def write_atomic(p, write, binary: bool = False):

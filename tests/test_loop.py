@@ -404,17 +404,14 @@ def test_restore_tells_damaged_data_from_a_failure_to_read(tmp_path):
   for path in data:
     os.remove(path)
   assert ckpt.classify(restore_error()) == 'damaged'
-  try:
+  with pytest.raises(ConnectionRefusedError) as refused:
     socket.create_connection(('127.0.0.1', helpers.free_port()), timeout=5).close()  # nothing listens
-  except ConnectionRefusedError as refused:
-    try:
-      raise RuntimeError('orbax: item restore failed') from refused
-    except RuntimeError as wrapped:
-      assert ckpt.classify(wrapped) == 'transient'
+  with pytest.raises(RuntimeError) as wrapped:
+    raise RuntimeError('orbax: item restore failed') from refused.value
+  assert ckpt.classify(wrapped.value) == 'transient'
   assert ckpt.classify(ValueError('INVALID_ARGUMENT: a spec this version does not read')) == 'other'
   with socket.create_server(('127.0.0.1', 0)) as server, socket.create_connection(server.getsockname()) as c:
     c.settimeout(0.05)
-    try:
+    with pytest.raises(TimeoutError) as timed_out:
       c.recv(1)  # the server never sends
-    except OSError as timed_out:
-      assert ckpt.classify(timed_out) == 'transient'
+  assert ckpt.classify(timed_out.value) == 'transient'

@@ -38,8 +38,8 @@ def _lr():
   return optim.schedule(base_lr=0.05, min_lr=1e-3, global_batch=BATCH, warmup_steps=0, total_steps=10)
 
 
-def _adamw(lr, clip=0.0, b2=0.95):
-  return optim.make_optimizer(lr, b1=0.9, b2=b2, weight_decay=0.05, clip_norm=clip)
+def _adamw(lr, clip=0.0):
+  return optim.make_optimizer(lr, b1=0.9, b2=0.95, weight_decay=0.05, clip_norm=clip)
 
 
 def _sgd(lr, clip=0.0):

@@ -51,8 +51,9 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, shardings, make_iter: C
   A complete checkpoint whose data is damaged (a file missing or truncated, a checksum or decoding error)
   is named in one warning, moved aside to `checkpoints_unreadable/<step>` beside the checkpoints (never
   deleted), and the next older one is tried. A failure to read (a bucket's 5xx, a timeout, a dropped
-  connection) is tried again, then stops the run with nothing moved; so does an error that is neither. One whose arrays have other shapes than this run's state (another model or optimizer) is a
-  user error, not corruption: nothing is moved.
+  connection) is tried again, then stops the run with nothing moved; so does an error that is neither.
+  One whose arrays have other shapes than this run's state (another model or optimizer) is a user error,
+  not corruption: nothing is moved.
 
   make_iter(start_batch) builds the input iterator from global batch start_batch on. It is built where
   the saving run's started and its saved position restored; if that state does not fit this run (another
@@ -118,7 +119,7 @@ def _restore_state(mngr: ocp.CheckpointManager, step: int, target):
     except Exception as e:  # pylint: disable=broad-except  (TensorStore and orbax raise several kinds)
       kind, error = classify(e), e
     where = files.path(mngr.directory) / str(step)
-    first = (str(error).strip().splitlines() or [''])[0][:300]
+    first = errors.first_line(error)
     if kind == 'damaged':
       _set_aside(mngr, step, error)
       return None
@@ -154,9 +155,8 @@ def _check_shapes(mngr: ocp.CheckpointManager, step: int, abstract_state):
 def _set_aside(mngr: ocp.CheckpointManager, step: int, error: Exception):
   src = files.path(mngr.directory) / str(step)
   dst = files.path(mngr.directory).parent / 'checkpoints_unreadable' / str(step)
-  message = str(error).strip().splitlines()[0][:300] if str(error).strip() else ''
   logging.warning('Checkpoint %s does not restore (%s: %s); moved to %s, trying the one before.', src,
-                  type(error).__name__, message, dst)
+                  type(error).__name__, errors.first_line(error), dst)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f'checkpoint {step} read')
   if jax.process_index() == 0:
