@@ -21,15 +21,12 @@ import numpy as np
 
 from mgjax import errors
 from mgjax import files
+from mgjax import layout
 from mgjax.models import convert
 from mgjax.models import functional
 from mgjax.models import videomae
 
 MODEL_JSON = 'mgjax_model.json'
-
-
-class CheckpointError(errors.UserError, ValueError):
-  """A checkpoint path that is missing, unfinished or not a checkpoint."""
 
 
 @dataclasses.dataclass
@@ -48,48 +45,6 @@ def template(model: videomae.ModelConfig, num_classes: Optional[int] = None) -> 
 
 
 # ---- reading mgjax checkpoints ----------------------------------------------------------------------------
-
-def resolve_checkpoint(path: str) -> tuple[str, str]:
-  """-> (checkpoint dir, workdir), local or in a bucket. Errors name the path when it is missing or
-  unfinished."""
-  p = files.absolute(path)
-  if not p.exists():
-    raise CheckpointError(f'no such checkpoint: {p}')
-  if (p / 'checkpoints').is_dir():
-    steps = sorted(int(s.name) for s in (p / 'checkpoints').iterdir() if s.name.isdigit())
-    if not steps:
-      raise CheckpointError(f'{p} has no finished checkpoint in {p / "checkpoints"}')
-    return str(p / 'checkpoints' / str(steps[-1])), str(p)
-  if 'orbax-checkpoint-tmp' in p.name:
-    raise CheckpointError(f'{p} is an unfinished checkpoint (the run stopped while writing it)')
-  if not (p / 'state').is_dir():
-    raise CheckpointError(f'{p} is not an mgjax checkpoint (no state/ inside)')
-  return str(p), str(p.parent.parent)
-
-
-def pin(path: str) -> str:
-  """A workdir -> its latest checkpoint at this moment (WORKDIR/checkpoints/STEP), so that what a run
-  reads and records stays the same while the workdir trains on; any other path as it is. With several
-  processes, every one gets the step process 0 found, even if the workdir saved another meanwhile."""
-  if not (files.path(path) / 'checkpoints').is_dir():
-    return path
-  read = files.path(resolve_checkpoint(path)[0])
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    read = read.parent / str(int(multihost_utils.broadcast_one_to_all(np.int32(read.name))))
-  return str(read)
-
-
-def _model_from_workdir(workdir: str) -> tuple[videomae.ModelConfig, Optional[int]]:
-  cfg_path = files.path(workdir) / 'config.json'
-  cfg = files.read_json(cfg_path)
-  if cfg is None:
-    raise CheckpointError(f'{cfg_path} is missing: cannot tell the model of the checkpoint')
-  model = videomae.ModelConfig(**{k: v for k, v in cfg['model'].items()
-                                  if k in {f.name for f in dataclasses.fields(videomae.ModelConfig)}})
-  info = files.read_json(files.path(workdir) / 'run_info.json', {})
-  return model, info.get('num_classes') or cfg.get('num_classes') or None
-
 
 def restore_numpy(directory: str, key: Optional[str] = None):
   """An orbax PyTree checkpoint (or its entry `key` alone) as numpy arrays on this host.
@@ -111,28 +66,17 @@ def restore_numpy(directory: str, key: Optional[str] = None):
 
 
 def load_mgjax_checkpoint(path: str) -> Weights:
-  ckpt, workdir = resolve_checkpoint(path)
-  model, num_classes = _model_from_workdir(workdir)
-  params = _normalize(restore_numpy(files.path(ckpt) / 'state', 'params'))
-  _check_against(params, template(model, num_classes), ckpt)
+  """A workdir (its latest complete step) or one step directory, with the model it holds."""
+  ckpt = layout.resolve(path)
+  model, num_classes = layout.model_of(ckpt)
+  params = _normalize(restore_numpy(ckpt.path / 'state', 'params'))
+  convert.check_fit(convert.shapes(params), convert.shapes(template(model, num_classes)), str(ckpt.path))
   return Weights(params, model, num_classes)
 
 
 def _normalize(tree) -> dict:
   """numpy leaves, and list indices as ints (orbax stores the keys of blocks.{i} as strings)."""
   return convert.unflatten({k: np.asarray(v) for k, v in convert.flatten(tree).items()})
-
-
-def _check_against(params: dict, tmpl: dict, where: str):
-  got, want = convert.flatten(params), convert.flatten(tmpl)
-  bad = [f'{p}: checkpoint {tuple(np.shape(got[p]))}, config {tuple(want[p].shape)}'
-         for p in sorted(set(got) & set(want)) if tuple(np.shape(got[p])) != tuple(want[p].shape)]
-  missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-  if bad or missing or extra:
-    raise convert.WeightsError(
-        f'{where}: weights do not fit the config (a checkpoint of another size?): '
-        f'{len(bad)} mis-shaped {bad[:6]}, {len(missing)} missing {missing[:6]}, {len(extra)} unexpected '
-        f'{extra[:6]}')
 
 
 # ---- exported directories -------------------------------------------------------------------------------
@@ -242,15 +186,15 @@ def _load_foreign_hf(path: str) -> Weights:
   num_classes = len(c.get('id2label', {})) or c.get('num_labels') if classifier else None
   found = [f for f in ('model.safetensors', 'pytorch_model.bin') if (files.path(path) / f).exists()]
   if not found:
-    raise CheckpointError(f'{path}: no model.safetensors or pytorch_model.bin')
+    raise layout.CheckpointError(f'{path}: no model.safetensors or pytorch_model.bin')
   sd = _read_state_dict(files.path(path) / found[0])
   if not classifier and not any(k.startswith('decoder.') for k in sd):  # a VideoMAEModel: encoder only
     sd = {k if k.startswith('videomae.') else 'videomae.' + k: v for k, v in sd.items()}
     tmpl = {'encoder': template(model)['encoder']}
     names = set(convert.to_hf(jax.tree.map(lambda x: np.zeros(x.shape, np.float32), tmpl)))
-    params = convert.from_hf({k: v for k, v in sd.items() if k in names}, tmpl)
+    params = convert.from_hf({k: v for k, v in sd.items() if k in names}, tmpl, path)
     return Weights(params, model, None, encoder_only=True)
-  return Weights(convert.from_hf(sd, template(model, num_classes)), model, num_classes)
+  return Weights(convert.from_hf(sd, template(model, num_classes), path), model, num_classes)
 
 
 def _read_state_dict(path) -> dict:
@@ -276,7 +220,7 @@ def _load_official_file(path: str, frames: int = 16, image_size: int = 224) -> W
   model = videomae.ModelConfig(size=size, frames=frames, image_size=image_size, patch=w.shape[-1],
                                tubelet=w.shape[2], decoder_depth=ddepth, decoder_width=dwidth)
   num_classes = sd['head.weight'].shape[0] if finetuned else None
-  return Weights(convert.from_official(sd, template(model, num_classes)), model, num_classes)
+  return Weights(convert.from_official(sd, template(model, num_classes), str(path)), model, num_classes)
 
 
 def load(path: str, frames: int = 16, image_size: int = 224) -> Weights:
@@ -288,7 +232,7 @@ def load(path: str, frames: int = 16, image_size: int = 224) -> Weights:
   meta_path = root / MODEL_JSON
   meta = files.read_json(meta_path)
   if meta is None:
-    if files.read_json(root / 'config.json', {}).get('model_type') == 'videomae':
+    if not (layout.is_workdir(root) or layout.is_step_dir(root)) and (root / 'config.json').exists():
       return _load_foreign_hf(path)
     return load_mgjax_checkpoint(path)
   model = videomae.ModelConfig(**meta['model'])
@@ -298,12 +242,12 @@ def load(path: str, frames: int = 16, image_size: int = 224) -> Weights:
   if encoder_only:
     tmpl = {'encoder': tmpl['encoder']}
   if meta['format'] == 'hf':
-    params = convert.from_hf(_read_safetensors(root / 'model.safetensors'), tmpl)
+    params = convert.from_hf(_read_safetensors(root / 'model.safetensors'), tmpl, str(root))
   elif meta['format'] == 'official':
-    params = convert.from_official(_read_safetensors(root / 'model.safetensors'), tmpl)
+    params = convert.from_official(_read_safetensors(root / 'model.safetensors'), tmpl, str(root))
   elif meta['format'] == 'orbax':
     params = {'encoder': _normalize(restore_numpy(files.absolute(path) / 'encoder'))}
-    _check_against(params, tmpl, path)
+    convert.check_fit(convert.shapes(params), convert.shapes(tmpl), str(path))
   else:
-    raise CheckpointError(f'{meta_path}: unknown format {meta["format"]!r}')
+    raise layout.CheckpointError(f'{meta_path}: unknown format {meta["format"]!r}')
   return Weights(params, model, num_classes, encoder_only=encoder_only)

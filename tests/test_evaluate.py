@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from mgjax.evals import compare as compare_lib
-from mgjax import evaluate as evaluate_lib
+from mgjax.evals import run as evaluate_lib
 from mgjax import weights
 from mgjax.data import records
 from mgjax.evals import common, features, knn, linear_probe, metrics, recognition, retrieval

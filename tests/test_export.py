@@ -3,6 +3,7 @@ output parity with transformers in float32, exact round trips, and clear errors.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import torch
 from flax import nnx
 from transformers import VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel
 
+from mgjax import layout
 from mgjax import weights
 from mgjax.data import pretrain
 from mgjax.models import classifier as classifier_lib
@@ -139,28 +141,43 @@ def test_classifier_exports_to_video_classification(tmp_path):
 
 
 def test_errors_name_the_path_or_the_parameters(workdir, tmp_path):
-  with pytest.raises(weights.CheckpointError, match='no such checkpoint: .*nowhere'):
+  with pytest.raises(layout.CheckpointError, match='no such checkpoint: .*nowhere'):
     weights.load(str(tmp_path / 'nowhere'))
   unfinished = tmp_path / 'run' / 'checkpoints' / '7.orbax-checkpoint-tmp-123'
   unfinished.mkdir(parents=True)
-  with pytest.raises(weights.CheckpointError, match='unfinished checkpoint'):
+  with pytest.raises(layout.CheckpointError, match='unfinished checkpoint'):
     weights.load(str(unfinished))
-  with pytest.raises(weights.CheckpointError, match='has no finished checkpoint'):
+  with pytest.raises(layout.CheckpointError, match='has no finished checkpoint'):
     weights.load(str(tmp_path / 'run'))
-  # A checkpoint of one size into a config of another (the workdir says XS, the weights are T).
-  cfg = json.load(open(os.path.join(workdir, 'config.json')))
-  other = tmp_path / 'other'
-  other.mkdir()
-  os.symlink(os.path.join(workdir, 'checkpoints'), other / 'checkpoints')
-  cfg['model']['size'] = 'XS'
-  json.dump(cfg, open(other / 'config.json', 'w'))
+  # One step directory copied on its own loads: it carries the model it holds (its model/ item).
+  step = os.path.join(workdir, 'checkpoints', '2')
+  copied = tmp_path / 'copied'
+  shutil.copytree(step, copied)
+  here, there = weights.load(workdir), weights.load(str(copied))
+  assert (here.model, here.num_classes) == (there.model, there.num_classes)
+  for k, v in convert.flatten(here.params).items():
+    np.testing.assert_array_equal(v, convert.flatten(there.params)[k], err_msg=k)
+  # The model item of one size over the weights of another (the item says XS, the weights are T).
+  item_file = copied / 'model' / layout.MODEL_ITEM_FILE
+  item = json.load(open(item_file))
+  item['model']['size'] = 'XS'
+  json.dump(item, open(item_file, 'w'))
   with pytest.raises(convert.WeightsError) as err:
-    weights.load(str(other))
+    weights.load(str(copied))
   msg = str(err.value)
-  assert str(other / 'checkpoints' / '2') in msg and '26 missing' in msg
-  assert 'decoder/blocks/0/attn/qkv/kernel: checkpoint (32, 96), config (64, 192)' in msg
+  assert msg.startswith(f'{copied}: weights do not fit the model') and '26 missing' in msg, msg
+  assert 'decoder/blocks/0/attn/qkv/kernel: read (32, 96), model (64, 192)' in msg, msg
+  # A step without the item (as written before steps carried it) takes the model from its workdir's
+  # config.json; copied on its own, it says what is missing.
+  shutil.rmtree(copied / 'model')
+  with pytest.raises(layout.CheckpointError, match=f'{copied} has no model/ item and .*config.json is missing'):
+    weights.load(str(copied))
+  old = tmp_path / 'old'
+  shutil.copytree(copied, old / 'checkpoints' / '2')
+  shutil.copy(os.path.join(workdir, 'config.json'), old / 'config.json')
+  assert weights.load(str(old)).model == here.model
   sd = convert.to_official(weights.load(workdir).params)
-  with pytest.raises(convert.WeightsError, match=r'48 wrong shape: .*decoder.blocks.0.attn.qkv.weight: file \(96, 32\), model \(192, 64\)'):
+  with pytest.raises(convert.WeightsError, match=r'48 wrong shape: .*decoder.blocks.0.attn.qkv.weight: read \(96, 32\), model \(192, 64\)'):
     convert.from_official(sd, weights.template(videomae.ModelConfig(size='XS', frames=4, image_size=32)))
 
 

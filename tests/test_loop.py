@@ -334,7 +334,8 @@ def test_a_bucket_workdir_trains_resumes_evaluates_and_exports(built, reference,
   """A workdir in a bucket (gs://, a Cloud Storage server on 127.0.0.1): a run stopped by SIGTERM resumes
   from the bucket and gives the reference's loss at every step, in metrics.jsonl and in TensorBoard (its
   event file parts read back as one run); mgjax.export and mgjax.evaluate read the checkpoint from the
-  bucket and write there, with the weights and numbers of the same local checkpoint."""
+  bucket and write there, with the weights and numbers of the same local checkpoint, passing over a step
+  still being written."""
   from mgjax import files  # pylint: disable=g-import-not-at-top
   from mgjax import weights  # pylint: disable=g-import-not-at-top
   from mgjax.models import convert  # pylint: disable=g-import-not-at-top
@@ -348,7 +349,7 @@ def test_a_bucket_workdir_trains_resumes_evaluates_and_exports(built, reference,
   assert out.returncode == 0 and f'Resumed from step {stopped}' in out.stderr, out.stderr[-3000:]
   want = helpers.losses(reference)
   assert helpers.losses(run) == want  # bit-exact, every step
-  for name in ('config.json', 'run_info.json', 'memory.json', 'checkpoints/40/state'):
+  for name in ('config.json', 'run_info.json', 'memory.json', 'checkpoints/40/state', 'checkpoints/40/model'):
     assert (files.path(run) / name).exists(), name
 
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
@@ -360,6 +361,9 @@ def test_a_bucket_workdir_trains_resumes_evaluates_and_exports(built, reference,
   events.Reload()
   assert {e.step: e.value for e in events.Scalars('loss')} == want
 
+  # A step being written: in a bucket orbax writes in place and marks the step complete last
+  # (commit_success.txt), so its directory exists before it holds a checkpoint. The readers skip it.
+  (files.path(run) / 'checkpoints' / '99' / 'state' / '_METADATA').write_text('{}')
   out = _run([sys.executable, '-m', 'mgjax.export', f'--checkpoint={run}', '--format=hf', f'--out={root}/hf'],
              env=env)
   assert out.returncode == 0, out.stderr[-3000:]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+import jax
 import numpy as np
 
 from mgjax import errors
@@ -81,14 +82,14 @@ def to_official(params: dict) -> dict:
   return {_official_name(p, finetuned): _to_torch_layout(p, np.asarray(x)) for p, x in flatten(params).items()}
 
 
-def from_official(sd: dict, template: dict) -> dict:
+def from_official(sd: dict, template: dict, where: str = '') -> dict:
   """Official state dict -> mgjax params shaped like `template` (a param dict or its eval_shape)."""
   sd = _unwrap(sd)
   finetuned = is_classifier(template)
   flat_t = flatten(template)
   names = {_official_name(p, finetuned): p for p in flat_t}
-  _check(set(names), sd, {n: tuple(_to_torch_layout(p, np.zeros(flat_t[p].shape, np.int8)).shape)
-                          for n, p in names.items()})
+  check_fit(shapes(sd), {n: tuple(_to_torch_layout(p, np.zeros(flat_t[p].shape, np.int8)).shape)
+                         for n, p in names.items()}, where)
   return unflatten({p: _from_torch_layout(p, np.asarray(sd[n])).astype(flat_t[p].dtype) for n, p in names.items()})
 
 
@@ -99,17 +100,36 @@ def _unwrap(sd: dict) -> dict:
   return sd
 
 
-def _check(expected: set, sd: dict, shapes: dict):
-  missing = sorted(expected - set(sd))
-  unexpected = sorted(set(sd) - expected)
-  wrong = sorted(f'{n}: file {tuple(np.shape(sd[n]))}, model {shapes[n]}' for n in expected & set(sd)
-                 if tuple(np.shape(sd[n])) != shapes[n])
+def _key_name(k) -> str:
+  for attr in ('key', 'idx', 'name'):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def shapes(tree) -> dict:
+  """{'a/b/0/c': shape} of any tree of arrays, abstract arrays or orbax array metadata (a flat dict of
+  'a/b' names gives the same names as the nested one)."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {'/'.join(_key_name(k) for k in path): tuple(v.shape if hasattr(v, 'shape') else np.shape(v))
+          for path, v in leaves}
+
+
+def check_fit(got: dict, want: dict, where: str = '', *, missing_ok: bool = False, extra_ok: bool = False,
+              hint: str = 'another size or kind of checkpoint?'):
+  """The one shape check of every reader of weights: `got` {name: shape} (what was read) against `want`
+  (what the model needs). Raises WeightsError naming `where` and listing the missing, unexpected and
+  mis-shaped names; missing_ok / extra_ok leave those out."""
+  missing = [] if missing_ok else sorted(set(want) - set(got))
+  unexpected = [] if extra_ok else sorted(set(got) - set(want))
+  wrong = sorted(f'{n}: read {got[n]}, model {want[n]}' for n in set(want) & set(got)
+                 if tuple(got[n]) != tuple(want[n]))
   if missing or unexpected or wrong:
     lines = []
     for title, items in (('missing', missing), ('unexpected', unexpected), ('wrong shape', wrong)):
       if items:
         lines.append(f'{len(items)} {title}: ' + ', '.join(items[:8]) + (' ...' if len(items) > 8 else ''))
-    raise WeightsError('weights do not fit the model (another size or kind of checkpoint?): '
+    raise WeightsError((f'{where}: ' if where else '') + f'weights do not fit the model ({hint}): '
                        + '; '.join(lines))
 
 
@@ -150,7 +170,7 @@ def to_hf(params: dict) -> dict:
   return out
 
 
-def from_hf(sd: dict, template: dict) -> dict:
+def from_hf(sd: dict, template: dict, where: str = '') -> dict:
   """transformers state dict (legacy q_bias / v_bias or 5.x query.bias / value.bias) -> mgjax params."""
   sd = {k.replace('attention.attention.query.bias', 'attention.attention.q_bias')
          .replace('attention.attention.value.bias', 'attention.attention.v_bias'): v for k, v in sd.items()}
@@ -167,13 +187,9 @@ def from_hf(sd: dict, template: dict) -> dict:
       hf_of[name] = [_hf_name(name)]
       if hf_of[name][0] in sd:
         official[name] = sd[hf_of[name][0]]
-  known = {p for ps in hf_of.values() for p in ps}
-  extra = sorted(set(sd) - known)
-  missing = sorted(p for ps in hf_of.values() for p in ps if p not in sd)
-  if extra or missing:
-    raise WeightsError(f'transformers weights do not fit the model: {len(missing)} missing '
-                       f'{missing[:8]}, {len(extra)} unexpected {extra[:8]}')
-  return from_official(official, template)
+  names = {p: () for ps in hf_of.values() for p in ps}  # the names here; from_official checks the shapes
+  check_fit({k: () for k in sd}, names, where, hint='transformers names')
+  return from_official(official, template, where)
 
 
 def to_official_names(template: dict) -> list:

@@ -1,6 +1,7 @@
 """orbax checkpoints of the train state together with the grain iterator state, and preemption.
 
-One CheckpointManager per workdir (`workdir/checkpoints/<step>/{state,data_iter,input}`), asynchronous,
+One CheckpointManager per workdir (`workdir/checkpoints/<step>/{state,data_iter,input,model}`, the layout
+mgjax/layout.py describes), asynchronous,
 atomic (orbax writes to a temporary folder and renames it when complete), keeping the last `keep` and
 every `keep_period`-th. Restoring uses abstract targets that carry the current shardings, so a run can
 resume on another mesh. `Preemption` turns SIGTERM into a checkpoint at the next step boundary.
@@ -23,6 +24,8 @@ from jax.experimental import multihost_utils
 
 from mgjax import errors
 from mgjax import files
+from mgjax import layout
+from mgjax.models import convert
 
 
 def make_manager(workdir: str, *, every_steps: int, keep: int, keep_period: Optional[int],
@@ -30,17 +33,17 @@ def make_manager(workdir: str, *, every_steps: int, keep: int, keep_period: Opti
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=every_steps, max_to_keep=keep, keep_period=keep_period or None,
       enable_async_checkpointing=async_save, create=True)
-  return ocp.CheckpointManager(files.absolute(workdir) / 'checkpoints',
-                               item_names=('state', 'data_iter', 'input'), options=options)
+  return ocp.CheckpointManager(layout.checkpoints_dir(workdir), item_names=layout.ITEMS, options=options)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, data_iter, start_batch: int,
+def save(mngr: ocp.CheckpointManager, step: int, state, data_iter, start_batch: int, model: dict,
          force: bool = False) -> bool:
-  """Saves the train state, the iterator's state and the global batch its dataset started at (the
-  iterator's state counts from there)."""
+  """Saves the train state, the iterator's state, the global batch its dataset started at (the
+  iterator's state counts from there) and `model` (layout.model_item: what the weights are)."""
   return mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                  data_iter=grain.checkpoint.CheckpointSave(data_iter),
-                                                 input=ocp.args.JsonSave({'start_batch': int(start_batch)})),
+                                                 input=ocp.args.JsonSave({'start_batch': int(start_batch)}),
+                                                 model=ocp.args.JsonSave(model)),
                    force=force)
 
 
@@ -87,7 +90,8 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, shardings, make_iter: C
 # TensorStore reports errors as ValueError('CODE: ...') with absl status codes; the Python storage clients
 # raise their own kinds. Damaged data: a file missing, shorter than its index says, or failing its checksum
 # or decoding. A failure to read: the storage did not answer or refused for now (a bucket's 5xx or 429, a
-# timeout, a dropped connection). Anything else is neither, and stops the run without moving anything.
+# timeout, a dropped connection: what the storage clients raise once their own retries run out). Anything
+# else is neither, and stops the run without moving anything.
 DAMAGED_CODES = ('NOT_FOUND', 'OUT_OF_RANGE', 'DATA_LOSS')
 TRANSIENT_CODES = ('UNAVAILABLE', 'DEADLINE_EXCEEDED', 'RESOURCE_EXHAUSTED', 'ABORTED')
 RESTORE_TRIES = 4  # attempts of a restore that fails to read, 2, 4 and 8 s apart
@@ -102,12 +106,23 @@ def classify(error: BaseException) -> str:
   for e in chain:
     text = str(e).lstrip()
     if isinstance(e, (TimeoutError, ConnectionError)) or text.startswith(TRANSIENT_CODES) or (
-        type(e).__module__.startswith('aiohttp')):
+        type(e).__module__.startswith('aiohttp')) or _transient_http_status(e):
       return 'transient'
     if isinstance(e, (FileNotFoundError, EOFError, json.JSONDecodeError, zlib.error)) or (
         text.startswith(DAMAGED_CODES)):
       return 'damaged'
   return 'other'
+
+
+def _transient_http_status(e: BaseException) -> bool:
+  """An HTTP error the storage answered with once its client's own retries ran out (gcsfs's HttpError
+  carries `code`): a server error, a timeout or too many requests."""
+  code = getattr(e, 'code', None)
+  try:
+    code = int(code)
+  except (TypeError, ValueError):
+    return False
+  return 500 <= code < 600 or code in (408, 429)
 
 
 def _restore_state(mngr: ocp.CheckpointManager, step: int, target):
@@ -139,22 +154,18 @@ def _restore_state(mngr: ocp.CheckpointManager, step: int, target):
 def _check_shapes(mngr: ocp.CheckpointManager, step: int, abstract_state):
   try:
     meta = mngr.item_metadata(step)['state']
-    saved = {jax.tree_util.keystr(p): tuple(m.shape)
-             for p, m in jax.tree_util.tree_flatten_with_path(getattr(meta, 'tree', meta))[0]}
+    saved = convert.shapes(getattr(meta, 'tree', meta))
   except Exception:  # pylint: disable=broad-except  unreadable metadata: the restore will say
     return
-  for p, a in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
-    k = jax.tree_util.keystr(p)
-    if k in saved and saved[k] != tuple(a.shape):
-      raise errors.UserError(
-          f'{files.path(mngr.directory) / str(step)}: {k} is {saved[k]} in the checkpoint and '
-          f'{tuple(a.shape)} in this run: the workdir holds another model or optimizer. Use another '
-          f'--workdir, or the config it was written with ({files.path(mngr.directory).parent / "config.json"}).')
+  where = files.path(mngr.directory) / str(step)
+  convert.check_fit(saved, convert.shapes(abstract_state), str(where), missing_ok=True, extra_ok=True,
+                    hint=f'the workdir holds another model or optimizer: use another --workdir, or the config '
+                         f'it was written with, {layout.config_file(files.path(mngr.directory).parent)}')
 
 
 def _set_aside(mngr: ocp.CheckpointManager, step: int, error: Exception):
   src = files.path(mngr.directory) / str(step)
-  dst = files.path(mngr.directory).parent / 'checkpoints_unreadable' / str(step)
+  dst = layout.unreadable_dir(files.path(mngr.directory).parent) / str(step)
   logging.warning('Checkpoint %s does not restore (%s: %s); moved to %s, trying the one before.', src,
                   type(error).__name__, errors.first_line(error), dst)
   if jax.process_count() > 1:

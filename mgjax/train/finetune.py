@@ -19,6 +19,7 @@ from absl import logging
 
 from mgjax import errors
 from mgjax import files
+from mgjax import layout
 from mgjax import weights
 from mgjax.data import finetune as data_lib
 from mgjax.data import records
@@ -58,13 +59,11 @@ def init_from_pretrained(params: dict, path: str, cfg: videomae.ModelConfig) -> 
         f' there, {np.shape(params["encoder"]["blocks"][0]["attn"]["qkv"]["kernel"])} here')
   enc = {k: v for k, v in w.params['encoder'].items() if k != 'norm'}
   flat_new, flat_old = convert.flatten(params), convert.flatten({'encoder': enc})
-  missing = sorted(k for k in flat_new if k.startswith('encoder/') and k not in flat_old)
-  if missing:
-    raise convert.WeightsError(f'{path}: no weights for {missing[:6]}')
+  convert.check_fit(convert.shapes(flat_old), convert.shapes({k: v for k, v in flat_new.items()
+                                                               if k.startswith('encoder/')}), path,
+                    extra_ok=True)
   for k, v in flat_old.items():
     if k in flat_new:
-      if tuple(np.shape(v)) != tuple(flat_new[k].shape):
-        raise convert.WeightsError(f'{path}: {k} is {np.shape(v)} there, {flat_new[k].shape} here')
       flat_new[k] = jnp.asarray(v, flat_new[k].dtype)
   return convert.unflatten(flat_new)
 
@@ -90,7 +89,7 @@ def make_task(config, workdir: str, mesh, data_dir: str) -> trainer.Task:
   if config.label_fraction < 1.0:
     indices = data_lib.labelled_subset(labels, config.label_fraction, config.seed)
     if jax.process_index() == 0:
-      files.write_json(files.path(workdir) / 'labelled_subset.json',
+      files.write_json(layout.run_file(workdir, 'labelled_subset'),
                        {'label_fraction': config.label_fraction, 'seed': config.seed, 'indices': indices.tolist(),
                         'classes': sorted(set(labels[indices].tolist()))})
     logging.info('Semi-supervised: %d of %d training clips (%.1f%%), %d classes', len(indices), len(labels),
@@ -112,7 +111,7 @@ def make_task(config, workdir: str, mesh, data_dir: str) -> trainer.Task:
   def init_params(seed):
     params = fns.init(seed)
     if config.init:
-      init['read'] = weights.pin(config.init)
+      init['read'] = layout.pin(config.init)
       logging.info('Initialising from %s', init['read'])
       params = init_from_pretrained(params, init['read'], model_cfg)
     return params
@@ -120,7 +119,7 @@ def make_task(config, workdir: str, mesh, data_dir: str) -> trainer.Task:
   def run_info():
     read = init['read']
     if read is None:  # resumed: what the first run read
-      read = files.read_json(files.path(workdir) / 'run_info.json', {}).get('init_read', config.init)
+      read = layout.read_run_info(workdir).get('init_read', config.init)
     return {'init': config.init, 'init_read': read, 'num_classes': fns.num_classes,
             'train_clips': int(len(indices))}
 

@@ -12,6 +12,7 @@ from absl import logging
 from tensorboardX import record_writer
 
 from mgjax import files
+from mgjax import layout
 
 
 class MetricWriter:
@@ -31,8 +32,8 @@ class MetricWriter:
     root.mkdir(parents=True, exist_ok=True)
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     self._remote = files.is_remote(root)
-    self._path = root / 'metrics.jsonl'
-    logdir = str(root / 'tensorboard')
+    self._path = layout.run_file(workdir, 'metrics')
+    logdir = str(layout.run_file(workdir, 'tensorboard'))
     if self._remote:
       self._lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
       self._written = len(self._lines)

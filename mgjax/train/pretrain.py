@@ -17,6 +17,7 @@ from PIL import Image
 
 from mgjax import errors
 from mgjax import files
+from mgjax import layout
 from mgjax.data import pretrain as pipeline
 from mgjax.data import records
 from mgjax.models import functional
@@ -90,6 +91,6 @@ def write_reconstruction(workdir, writer, step, recon, params, host, model_cfg, 
   pred = np.asarray(recon(params, put(video), put(mask)))
   grid = viz.reconstruction_grid(video, mask, pred, model_cfg)
   if jax.process_index() == 0:
-    files.write_atomic(files.path(workdir) / 'reconstructions' / f'step_{step:07d}.png',
+    files.write_atomic(layout.run_file(workdir, 'reconstructions') / f'step_{step:07d}.png',
                        lambda f: Image.fromarray(grid).save(f, format='PNG'), binary=True)
   writer.image(step, 'reconstruction', grid)

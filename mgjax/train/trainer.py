@@ -28,6 +28,7 @@ from absl import logging
 
 from mgjax import errors
 from mgjax import files
+from mgjax import layout
 from mgjax.data import demo
 from mgjax.evals import common as evals_common
 from mgjax.evals import features
@@ -121,9 +122,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, make_tas
     info = {'git_revision': git_revision(), 'mesh': dict(mesh.shape), 'devices': jax.device_count(),
             'processes': jax.process_count(), 'parameters': n_params, 'total_steps': total_steps,
             **task.run_info()}  # before the file is opened: a resumed task reads the first run's
-    files.write_atomic(files.path(workdir) / 'config.json', lambda f: f.write(config.to_json_best_effort(indent=2)))
-    files.write_json(files.path(workdir) / 'run_info.json', info)
+    layout.write_run_files(workdir, config, info)
   preempt = ckpt.Preemption()
+  model_item = layout.model_item(task.fns.cfg, task.fns.num_classes)
 
   # ---- Loop.
   history, evals = [], {}
@@ -147,7 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, make_tas
   try:
     for step in range(start, total_steps):
       if profile and step == profile[0]:
-        jax.profiler.start_trace(str(files.path(workdir) / 'profile'))
+        jax.profiler.start_trace(str(layout.run_file(workdir, 'profile')))
       host = next(data_iter)
       batch = step_lib.to_global(host, config.micro_batches, batch_shardings)
       key = jax.random.fold_in(base_key, step)
@@ -167,18 +168,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, make_tas
       for h in due:
         h.run(done, state, host, writer)
       if stop:
-        ckpt.save(mngr, done, state, data_iter, input_start, force=True)
+        ckpt.save(mngr, done, state, data_iter, input_start, model_item, force=True)
         mngr.wait_until_finished()
         logging.warning('Saved step %d after SIGTERM; exiting.', done)
         return {'steps': done, 'losses': history, 'evals': evals, 'preempted': True}
-      if ckpt.save(mngr, done, state, data_iter, input_start, force=done == total_steps):
+      if ckpt.save(mngr, done, state, data_iter, input_start, model_item,
+                   force=done == total_steps):
         writer.flush()  # a bucket's metrics reach this checkpoint
     mngr.wait_until_finished()
     if len(history) >= 20:
       k = max(10, len(history) // 10)
       logging.info('Done: mean loss of the first %d steps of this run %.4f, of the last %d %.4f. '
                    'Checkpoint: %s', k, np.mean(history[:k]), k, np.mean(history[-k:]),
-                   files.path(workdir) / 'checkpoints' / str(total_steps))
+                   layout.checkpoints_dir(workdir) / str(total_steps))
   finally:
     preempt.restore()
     writer.close()
@@ -246,4 +248,4 @@ def write_memory_report(workdir: str, compiled, state):
                activation_temp_bytes=int(ma.temp_size_in_bytes))
   logging.info('Memory per device: %s', ', '.join(f'{k} {v / 2**20:.1f} MiB' for k, v in rep.items()))
   if jax.process_index() == 0:
-    files.write_json(files.path(workdir) / 'memory.json', rep)
+    files.write_json(layout.run_file(workdir, 'memory'), rep)
