@@ -335,10 +335,11 @@ def test_a_bucket_workdir_trains_resumes_evaluates_and_exports(built, reference,
   from the bucket and gives the reference's loss at every step, in metrics.jsonl and in TensorBoard (its
   event file parts read back as one run); mgjax.export and mgjax.evaluate read the checkpoint from the
   bucket and write there, with the weights and numbers of the same local checkpoint, passing over a step
-  still being written."""
+  still being written; a resume during an outage of the bucket waits it out and moves nothing."""
   from mgjax import files  # pylint: disable=g-import-not-at-top
   from mgjax import weights  # pylint: disable=g-import-not-at-top
   from mgjax.models import convert  # pylint: disable=g-import-not-at-top
+  from tests import gcs_emulator  # pylint: disable=g-import-not-at-top
   root, env = bucket
   run = f'{root}/pretrain'
   status, err = helpers.interrupt(_cmd(built, run, 40), run, 8, signal.SIGTERM, env=env)
@@ -377,6 +378,17 @@ def test_a_bucket_workdir_trains_resumes_evaluates_and_exports(built, reference,
     assert out.returncode == 0, out.stderr[-3000:]
   remote, local = (files.read_json(files.path(w) / 'results.json') for w in (f'{root}/eval', tmp_path / 'eval'))
   assert remote['checkpoint_read'] == f'{run}/checkpoints/40' and remote['knn'] == local['knn']
+
+  # An outage while resuming: the bucket answers 503 to the first 6 reads of the latest step's input item,
+  # as many as its client (gcsfs) tries; the run reads the step again and resumes from it, nothing moved.
+  gcs_emulator.fail(env, 'pretrain/checkpoints/40/input/', 6)
+  out = _run(_cmd(built, run, 44), env=env)
+  assert out.returncode == 0 and 'Resumed from step 40' in out.stderr, out.stderr[-3000:]
+  assert gcs_emulator.failures(env) == 6
+  assert re.search(r'Checkpoint gs://mgjax-test/pretrain/checkpoints/40: reading failed \(HttpError: '
+                   r'Service Unavailable, 503\); trying again', out.stderr), out.stderr[-3000:]
+  assert not (files.path(run) / 'checkpoints_unreadable').exists()
+  assert max(helpers.losses(run)) == 44 and (files.path(run) / 'checkpoints' / '44' / 'state').exists()
 
 
 def test_restore_tells_damaged_data_from_a_failure_to_read(tmp_path):

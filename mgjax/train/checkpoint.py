@@ -51,12 +51,14 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, shardings, make_iter: C
   """Restores (state, step, data iterator, the global batch its dataset starts at) from the newest
   checkpoint that restores.
 
-  A complete checkpoint whose data is damaged (a file missing or truncated, a checksum or decoding error)
-  is named in one warning, moved aside to `checkpoints_unreadable/<step>` beside the checkpoints (never
-  deleted), and the next older one is tried. A failure to read (a bucket's 5xx, a timeout, a dropped
-  connection) is tried again, then stops the run with nothing moved; so does an error that is neither.
-  One whose arrays have other shapes than this run's state (another model or optimizer) is a user error,
-  not corruption: nothing is moved.
+  A checkpoint is read whole (train state, input start, iterator position) or tried again: a failure to
+  read (a bucket's 5xx once its client's own retries are spent, a timeout, a dropped connection) is read
+  again RESTORE_TRIES times, then stops the run with nothing moved; so does an error that is neither a
+  failure to read nor damage. A complete checkpoint whose data is damaged (a file missing or truncated, a
+  checksum or decoding error) is named in one warning, moved aside to `checkpoints_unreadable/<step>`
+  beside the checkpoints (never deleted), and the next older one is tried. One whose arrays have other
+  shapes than this run's state (another model or optimizer) is a user error, not corruption: nothing is
+  moved.
 
   make_iter(start_batch) builds the input iterator from global batch start_batch on. It is built where
   the saving run's started and its saved position restored; if that state does not fit this run (another
@@ -67,11 +69,14 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, shardings, make_iter: C
                         shardings)
   for step in sorted(mngr.all_steps(), reverse=True):
     _check_shapes(mngr, step, abstract_state)
-    state = _restore_state(mngr, step, target)
-    if state is not None:
-      break
-  else:
-    return None
+    restored = _read_step(mngr, step, target, make_iter)
+    if restored is not None:
+      return restored
+  return None
+
+
+def _read(mngr: ocp.CheckpointManager, step: int, target, make_iter: Callable[[int], Iterator]):
+  state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']
   start_batch = 0
   if 'input' in (mngr.item_metadata(step) or {}):
     start_batch = int(mngr.restore(step, args=ocp.args.Composite(input=ocp.args.JsonRestore()))['input'][
@@ -81,6 +86,8 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, shardings, make_iter: C
     mngr.restore(step, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
     return state, step, data_iter, start_batch
   except (ValueError, KeyError, TypeError, IndexError) as e:  # other process or worker count
+    if classify(e) == 'transient':
+      raise
     logging.warning('Checkpoint %d: the input pipeline state does not fit this run (%s: %s). The model '
                     'state is restored; the input continues at batch %d, recomputed.', step,
                     type(e).__name__, e, step)
@@ -125,13 +132,14 @@ def _transient_http_status(e: BaseException) -> bool:
   return 500 <= code < 600 or code in (408, 429)
 
 
-def _restore_state(mngr: ocp.CheckpointManager, step: int, target):
-  """The state of checkpoint `step`, or None when its data is damaged (it is then set aside). A failure
-  to read is tried again RESTORE_TRIES times, then stops the run with the checkpoint left where it is."""
+def _read_step(mngr: ocp.CheckpointManager, step: int, target, make_iter: Callable[[int], Iterator]):
+  """What `restore` returns, read from checkpoint `step`, or None when its data is damaged (it is then set
+  aside). A failure to read is tried again RESTORE_TRIES times, then stops the run with the checkpoint
+  left where it is."""
   for attempt in range(RESTORE_TRIES):
     try:
-      return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']
-    except Exception as e:  # pylint: disable=broad-except  (TensorStore and orbax raise several kinds)
+      return _read(mngr, step, target, make_iter)
+    except Exception as e:  # pylint: disable=broad-except  (TensorStore, orbax and gcsfs raise several kinds)
       kind, error = classify(e), e
     where = files.path(mngr.directory) / str(step)
     first = errors.first_line(error)
