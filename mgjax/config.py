@@ -25,7 +25,7 @@ def pretrain_base(size: str) -> ml_collections.ConfigDict:
   c.seed = 0
   c.model = dict(size=size, frames=16, image_size=224, patch=16, tubelet=2, decoder_depth=None,
                  drop_path=0.0, dtype='bfloat16', attention='auto', remat='none', mask_ratio=0.9,
-                 mask_type='tube')
+                 mask_type='tube', decoder_mask_ratio=0.0)
   c.data = dict(
       data_dir='',  # empty: generate the sample dataset and build it into the workdir (demo)
       name='pretrain', split='train', stride=4,

@@ -1,5 +1,7 @@
 """VideoMAE model: loss on a hand-computed case, tube masks, sizes, and ViT-L compiled with FSDP."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +10,7 @@ from flax import nnx
 
 from mgjax.data import pretrain
 from mgjax.models import functional, videomae, vit
-from mgjax.train import optim, sharding, step as step_lib
+from mgjax.train import optim, sharding, step as step_lib, viz
 
 
 def test_normalized_pixel_target_and_loss_by_hand():
@@ -57,6 +59,35 @@ def test_model_predicts_only_masked_tokens_against_their_targets():
   full = np.asarray(videomae.normalized_pixel_target(jnp.asarray(video / 255.0, jnp.float32), 16, 2))
   for i in range(2):
     np.testing.assert_allclose(np.asarray(target[i]), full[i, np.flatnonzero(mask[i])], atol=1e-5)
+
+
+def test_dual_masking_decodes_and_scores_only_the_chosen_tokens():
+  """With dual masking the decoder reconstructs the tokens marked 1 against their targets; the pixels of a
+  token it leaves out (2) change nothing. Marking every masked token 1 is the model without it."""
+  cfg0 = videomae.ModelConfig(size='T', frames=4, image_size=32, mask_ratio=0.5, dtype='float32')
+  cfg = dataclasses.replace(cfg0, decoder_mask_ratio=0.5)
+  assert (cfg0.num_masked, cfg.num_decoded) == (4, 2)
+  model0, model = videomae.VideoMAE(cfg0, rngs=nnx.Rngs(0)), videomae.VideoMAE(cfg, rngs=nnx.Rngs(0))
+  video = np.random.default_rng(1).integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8)
+  mask = np.stack([pretrain.tube_mask(np.random.default_rng(i), cfg.grid, 0.5) for i in range(2)])
+  dual = np.stack([pretrain.dual_mask(np.random.default_rng(i), m, cfg.grid, 0.5, 2) for i, m in enumerate(mask)])
+  pred, target = model(jnp.asarray(video), jnp.asarray(dual))
+  assert pred.shape == target.shape == (2, 2, 1536)
+  full = np.asarray(videomae.normalized_pixel_target(jnp.asarray(video / 255.0, jnp.float32), 16, 2))
+  for i in range(2):
+    np.testing.assert_allclose(np.asarray(target[i]), full[i, np.flatnonzero(dual[i] == 1)], atol=1e-5)
+  changed = vit.patchify(video, 16, 2).copy()  # a left-out token's pixels, then a decoded one's
+  left_out, decoded = np.flatnonzero(dual[0] == 2)[0], np.flatnonzero(dual[0] == 1)[0]
+  for token, moves in ((left_out, False), (decoded, True)):
+    other = changed.copy()
+    other[0, token] = 255 - other[0, token]
+    other = viz._unpatchify(other, cfg)  # pylint: disable=protected-access
+    p2, t2 = model(jnp.asarray(other), jnp.asarray(dual))
+    np.testing.assert_array_equal(np.asarray(p2), np.asarray(pred))  # masked pixels never reach the model
+    assert np.array_equal(np.asarray(t2), np.asarray(target)) != moves
+  every = mask.astype(np.int8)  # every masked token decoded: the plain model's numbers
+  for a, b in zip(model0(jnp.asarray(video), jnp.asarray(mask)), model0(jnp.asarray(video), jnp.asarray(every))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_tube_mask_shape_and_counts():

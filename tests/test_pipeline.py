@@ -4,6 +4,7 @@ import numpy as np
 
 from mgjax import errors
 from mgjax.data import pretrain, records
+from mgjax.models import videomae
 
 SPAN_ARGS = dict(frames=8, stride=4)
 
@@ -114,6 +115,42 @@ def test_tube_and_random_masks_hide_the_same_number_of_tokens():
   assert seen_later > 0
   with np.testing.assert_raises_regex(ValueError, 'unknown mask_type'):
     pretrain.make_mask(rng, grid, 0.75, 'frame')
+
+
+def test_dual_masks_decode_a_fixed_running_cell_share_of_the_masked_tokens(built):
+  """Dual masking: every clip's mask marks the same number of masked tokens for the decoder (1), a
+  subset of the encoder's masked tokens, preferring the running cell's positions; the video and the
+  encoder's mask are those of the pipeline without it (the draws for the decoder come after)."""
+  grid = (8, 14, 14)
+  cell = pretrain.running_cell(grid, 0.5, 0).reshape(8, 7, 2, 7, 2)
+  assert (cell.sum((2, 4)) == 2).all()  # 2 of every 2 x 2 cell
+  np.testing.assert_array_equal(pretrain.running_cell(grid, 0.5, 1)[:196], cell.reshape(8, -1)[1])  # runs on
+  num_decoded = videomae.ModelConfig(size='B', decoder_mask_ratio=0.5).num_decoded
+  assert num_decoded == 88 * 8  # half of the 176 masked positions of every slot
+  rng = np.random.default_rng(0)
+  for kind in ('tube', 'random'):
+    for _ in range(5):
+      mask = pretrain.make_mask(rng, grid, 0.9, kind)
+      d = pretrain.dual_mask(rng, mask, grid, 0.5, num_decoded)
+      assert d.dtype == np.int8 and set(np.unique(d)) == {0, 1, 2}
+      np.testing.assert_array_equal(d == 0, ~mask)
+      assert (d == 1).sum() == num_decoded
+      if kind == 'tube':
+        assert ((d == 1).reshape(8, -1).sum(1) == 88).all()
+  # The running cell first: the decoded tokens of a slot are all kept by some running cell, or every
+  # masked token a cell keeps is decoded (a 2 x 2 cell pattern shows in the 1s of a half-masked clip).
+  d = pretrain.dual_mask(np.random.default_rng(1), np.ones(4 * 4 * 4, bool), (4, 4, 4), 0.5, 32).reshape(4, 2, 2, 2, 2)
+  assert ((d == 1).sum((2, 4)) == 2).all() and ((d == 1) == (d == 1)[:, :1, :, :1]).all()
+  with np.testing.assert_raises_regex(errors.ConfigError, 'decoder_mask_ratio=1.0'):
+    videomae.ModelConfig(size='B', decoder_mask_ratio=1.0)
+
+  plain = next(iter(pretrain.make_dataset(_cfg(built))))
+  cfg = _cfg(built, decoder_mask_ratio=0.5, num_decoded=2)
+  dual = [next(iter(pretrain.make_dataset(cfg))) for _ in range(2)]
+  np.testing.assert_array_equal(dual[0]['mask'], dual[1]['mask'])  # a function of the index
+  np.testing.assert_array_equal(dual[0]['video'], plain['video'])
+  np.testing.assert_array_equal(dual[0]['mask'] > 0, plain['mask'])
+  assert ((dual[0]['mask'] == 1).sum(1) == 2).all()
 
 
 def test_no_acceptable_window_is_an_error_after_max_tries(built):

@@ -3,8 +3,10 @@ r"""Train-step benchmark: compiles the pretraining step of a config and times it
     python -m mgjax.bench.step --config=configs/vmae_l.py [--batch=32] [--steps=20] [--config.model.attention=xla]
 
 Prints clips/s, achieved TFLOP/s by the FLOP model of docs/reference.md, section 4 (forward x 3, visible tokens
-through the encoder, all tokens through the decoder) and MFU against the chip's dense bf16 datasheet peak.
-The last line reads `clips/s: X  TFLOP/s: Y  MFU: Z%`.
+through the encoder, the visible and decoded tokens through the decoder: all tokens unless
+`model.decoder_mask_ratio` sets dual masking) and MFU against the chip's dense bf16 datasheet peak; beside
+them XLA's own count of the compiled step (cost analysis: FLOPs and bytes accessed per clip, the number of
+fusions). The last line reads `clips/s: X  TFLOP/s: Y  MFU: Z%`.
 """
 
 from __future__ import annotations
@@ -41,10 +43,20 @@ def flops_per_clip(cfg: videomae.ModelConfig) -> float:
   dim, depth = size.dim, size.depth
   ddim, _, ddepth = cfg.decoder
   n, p = cfg.num_tokens, cfg.patch_dim
-  v = n - cfg.num_masked
-  fwd = (2 * v * p * dim + depth * layer_flops(v, dim) + 2 * v * dim * ddim + ddepth * layer_flops(n, ddim)
-         + 2 * (n - v) * ddim * p)
+  v, d = n - cfg.num_masked, cfg.num_decoded  # the decoder reads the visible and the decoded tokens
+  fwd = (2 * v * p * dim + depth * layer_flops(v, dim) + 2 * v * dim * ddim + ddepth * layer_flops(v + d, ddim)
+         + 2 * d * ddim * p)
   return 3.0 * fwd
+
+
+def xla_counts(compiled, batch: int) -> str:
+  """XLA's cost analysis of the compiled step, per clip, and its fusion count (what the optimiser left)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
+  hlo = compiled.as_text() or ''
+  return (f'XLA: {cost.get("flops", float("nan")) / batch / 1e9:.4g} GFLOP and '
+          f'{cost.get("bytes accessed", float("nan")) / batch / 1e9:.4g} GB accessed per clip, '
+          f'{hlo.count(" fusion(") + hlo.count(" fusion.")} fusions')
 
 
 def device_peak(device) -> float:
@@ -70,6 +82,9 @@ def main(argv):
   rng = np.random.default_rng(0)
   host = {'video': rng.integers(0, 256, (FLAGS.batch, cfg.frames, cfg.image_size, cfg.image_size, 3), np.uint8),
           'mask': np.stack([pretrain.tube_mask(rng, cfg.grid, cfg.mask_ratio) for _ in range(FLAGS.batch)])}
+  if cfg.decoder_mask_ratio:
+    host['mask'] = np.stack([pretrain.dual_mask(rng, m, cfg.grid, cfg.decoder_mask_ratio, cfg.num_decoded)
+                             for m in host['mask']])
   batch = step_lib.to_global(host, config.micro_batches, bsh)
   key = jax.random.key(0)
   size = videomae.SIZES[cfg.size]
@@ -79,7 +94,9 @@ def main(argv):
   compiled = jitted.lower(state, batch, key).compile()
   print(f'compiled in {time.perf_counter() - t0:.1f}s on {jax.device_count()} x {jax.devices()[0].device_kind} '
         f'({jax.default_backend()}), mesh {dict(mesh.shape)}, batch {FLAGS.batch}, '
-        f'attention {cfg.attention} ({attention}), dtype {cfg.dtype}, remat {cfg.remat}')
+        f'attention {cfg.attention} ({attention}), dtype {cfg.dtype}, remat {cfg.remat}, '
+        f'decoder_mask_ratio {cfg.decoder_mask_ratio}')
+  print(xla_counts(compiled, FLAGS.batch))
   for _ in range(3):
     state, m = compiled(state, batch, key)
   jax.block_until_ready(m['loss'])
@@ -91,7 +108,8 @@ def main(argv):
   clips = FLAGS.batch / dt
   tflops = clips * flops_per_clip(cfg) / 1e12
   peak = FLAGS.peak_tflops or device_peak(jax.devices()[0])
-  print(f'{dt * 1e3:.1f} ms/step; {flops_per_clip(cfg) / 1e12:.3f} TFLOP per clip; loss {float(m["loss"]):.4f}')
+  print(f'{dt * 1e3:.1f} ms/step; {flops_per_clip(cfg) / 1e9:.4g} GFLOP per clip (FLOP model); '
+        f'loss {float(m["loss"]):.4f}')
   mfu = f'{100 * tflops / (peak * jax.device_count()):.1f}%' if peak else 'n/a (no datasheet peak for this device)'
   print(f'clips/s: {clips:.1f}  TFLOP/s: {tflops:.2f}  MFU: {mfu}')
 

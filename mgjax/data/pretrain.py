@@ -3,7 +3,7 @@
     seeded global shuffle of the records, repeated (reshuffled each epoch)
       -> this process's slice of each global batch -> sample a window (quality-aware) -> decode once
       -> R augmented views + tube masks -> batch -> worker processes
-      -> host batch {'video': uint8 (B, T, S, S, 3), 'mask': bool (B, N)}
+      -> host batch {'video': uint8 (B, T, S, S, 3), 'mask': bool (B, N), or int8 with dual masking}
 
 Every random choice comes from a generator seeded with (seed, global position), so the global stream is
 the same for the same seed whatever the numbers of processes and workers, and resumes exactly from a
@@ -127,6 +127,41 @@ def make_mask(rng: np.random.Generator, grid: tuple[int, int, int], ratio: float
   raise ValueError(f'unknown mask_type {kind!r}; known: {MASK_TYPES}')
 
 
+def running_cell(grid: tuple[int, int, int], ratio: float, start: int) -> np.ndarray:
+  """bool (t*h*w,), True = left out by the decoder: VideoMAE V2's running-cell mask. In every 2 x 2 cell,
+  int(4 * ratio) of the 4 positions (taken in the order top-left, top-right, bottom-right, bottom-left),
+  the window moving on by one position every time slot, from position `start`."""
+  t, h, w = grid
+  ring = np.array([(0, 0), (0, 1), (1, 1), (1, 0)])
+  k = int(4 * ratio)
+  out = np.zeros((t, h + 1, w + 1), bool)  # padded to whole cells, cut below
+  for s in range(t):
+    for r, c in ring[(start + s + np.arange(k)) % 4]:
+      out[s, r::2, c::2] = True
+  return out[:, :h, :w].reshape(-1)
+
+
+def dual_mask(rng: np.random.Generator, mask: np.ndarray, grid: tuple[int, int, int], ratio: float,
+              num_decoded: int) -> np.ndarray:
+  """Dual masking (VideoMAE V2): int8 (t*h*w,), 0 = seen by the encoder (mask False), 1 = masked and
+  decoded, 2 = masked and left out of the decoder. Exactly `num_decoded` tokens are 1, in every time slot
+  alike where the encoder mask allows: the masked tokens a running-cell mask of `ratio` keeps for the
+  decoder (`running_cell`, random start) come first, the others after, each group in random order."""
+  t = grid[0]
+  keep = ~running_cell(grid, ratio, int(rng.integers(4)))
+  out = mask.astype(np.int8) * 2
+  per_slot = mask.reshape(t, -1).sum(axis=1)
+  rank = rng.permutation(mask.size)  # random tie-break
+  order = np.lexsort((rank, ~keep, ~mask))  # masked and kept first, then masked, then visible
+  if per_slot.min() == per_slot.max() and num_decoded % t == 0:  # tube: the same count in every slot
+    slot = order // (mask.size // t)
+    chosen = np.concatenate([order[slot == s][:num_decoded // t] for s in range(t)])
+  else:
+    chosen = order[:num_decoded]
+  out[chosen] = 1
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
   data_dir: str
@@ -140,6 +175,8 @@ class PipelineConfig:
   grid: tuple = (8, 14, 14)  # token grid of the model: (frames / tubelet, size / patch, size / patch)
   mask_ratio: float = 0.9
   mask_type: str = 'tube'
+  decoder_mask_ratio: float = 0.0  # dual masking: `dual_mask` with this ratio when above 0
+  num_decoded: int = 0  # the masked tokens the decoder reconstructs (ModelConfig.num_decoded)
   workers: int = 0  # grain worker processes; 0: in this process
   prefetch: int = 2  # batches buffered per worker
 
@@ -164,6 +201,8 @@ class ClipMaker:
     frames = records.decode_jpegs(records.window_jpegs(recs, offset, s.frames, s.stride))
     views = [multiscale_crop_resize(frames, cfg.augment, rng) for _ in range(cfg.augment.num_repeats)]
     masks = [make_mask(rng, cfg.grid, cfg.mask_ratio, cfg.mask_type) for _ in range(cfg.augment.num_repeats)]
+    if cfg.decoder_mask_ratio:
+      masks = [dual_mask(rng, m, cfg.grid, cfg.decoder_mask_ratio, cfg.num_decoded) for m in masks]
     return {'video': np.stack(views), 'mask': np.stack(masks)}
 
 

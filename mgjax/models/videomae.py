@@ -54,6 +54,8 @@ class ModelConfig:
   remat: str = 'none'  # 'none', 'full', 'dots'
   mask_ratio: float = 0.9  # int(ratio * h * w) masked positions per frame slot
   mask_type: str = 'tube'  # 'tube': the same positions in every slot (VideoMAE); 'random': any tokens, same count
+  # Dual masking (VideoMAE V2): the fraction of the masked tokens the decoder leaves out (0: decodes them all)
+  decoder_mask_ratio: float = 0.0
 
   def __post_init__(self):
     if self.size not in SIZES:
@@ -63,6 +65,9 @@ class ModelConfig:
     if self.decoder_width is not None and (self.decoder_width <= 0 or self.decoder_width % (dim // heads)):
       raise errors.ConfigError(f'config.model.decoder_width={self.decoder_width}: not a positive multiple of size '
                        f'{self.size}\'s decoder head width {dim // heads}')
+    if not 0 <= self.decoder_mask_ratio < 1 or (self.decoder_mask_ratio and self.num_decoded < 1):
+      raise errors.ConfigError(f'config.model.decoder_mask_ratio={self.decoder_mask_ratio}: the fraction of the '
+                               f'masked tokens the decoder leaves out must be in [0, 1) and leave at least one')
 
   @property
   def decoder(self) -> tuple[int, int, int]:
@@ -85,6 +90,15 @@ class ModelConfig:
   def num_masked(self) -> int:
     t, h, w = self.grid
     return int(self.mask_ratio * h * w) * t
+
+  @property
+  def num_decoded(self) -> int:
+    """The masked tokens the decoder reconstructs (and the loss covers): all of them, or with dual
+    masking int((1 - decoder_mask_ratio) * masked per time slot) per time slot."""
+    if not self.decoder_mask_ratio:
+      return self.num_masked
+    t = self.grid[0]
+    return int((1 - self.decoder_mask_ratio) * (self.num_masked // t)) * t
 
   @property
   def patch_dim(self) -> int:
@@ -134,9 +148,11 @@ class Decoder(nnx.Module):
 
 
 class VideoMAE(nnx.Module):
-  """(video uint8 (B,T,H,W,3), mask bool (B,N), True = masked) -> (prediction, target) of the masked tokens.
+  """(video uint8 (B,T,H,W,3), mask (B,N)) -> (prediction, target) of the tokens the decoder reconstructs.
 
-  Every clip's mask has cfg.num_masked True entries (`pretrain.make_mask` guarantees it, tube or random).
+  mask: bool, True = masked (cfg.num_masked per clip, `pretrain.make_mask`), every masked token decoded;
+  or, with dual masking, int8 (`pretrain.dual_mask`): 0 = seen by the encoder, 1 = masked and decoded
+  (cfg.num_decoded per clip), 2 = masked and left out of the decoder (and of the loss).
   """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -153,19 +169,20 @@ class VideoMAE(nnx.Module):
     cfg = self.cfg
     x = video.astype(jnp.float32) / 255.0
     patches = normalized_patches(video, cfg)
-    num_masked = cfg.num_masked
-    # Visible tokens first, then masked ones, each in token order (a stable sort of the mask).
+    num_visible, num_decoded = cfg.num_tokens - cfg.num_masked, cfg.num_decoded
+    # Visible tokens first, then the decoded masked ones, then those left out, each in token order (a
+    # stable sort of the mask).
     order = jnp.argsort(mask.astype(jnp.int32), axis=1, stable=True)
-    visible, masked = order[:, :-num_masked], order[:, -num_masked:]
+    visible, decoded = order[:, :num_visible], order[:, num_visible:num_visible + num_decoded]
     enc = self.encoder(patches, visible, key)
     dtype = enc.dtype
     y = self.encoder_to_decoder(enc)
     pos = jnp.asarray(vit.sinusoid_table(cfg.num_tokens, y.shape[-1]), dtype)
     y_vis = y + pos[visible]
-    y_mask = jnp.broadcast_to(self.mask_token[...].astype(dtype), (y.shape[0], num_masked, y.shape[-1]))
-    y_mask = y_mask + pos[masked]
-    pred = self.decoder(jnp.concatenate([y_vis, y_mask], axis=1), num_masked)
-    target = jnp.take_along_axis(normalized_pixel_target(x, cfg.patch, cfg.tubelet), masked[..., None], axis=1)
+    y_mask = jnp.broadcast_to(self.mask_token[...].astype(dtype), (y.shape[0], num_decoded, y.shape[-1]))
+    y_mask = y_mask + pos[decoded]
+    pred = self.decoder(jnp.concatenate([y_vis, y_mask], axis=1), num_decoded)
+    target = jnp.take_along_axis(normalized_pixel_target(x, cfg.patch, cfg.tubelet), decoded[..., None], axis=1)
     return pred.astype(jnp.float32), target
 
 
@@ -184,7 +201,7 @@ def normalized_pixel_target(x01, patch: int, tubelet: int):
 
 
 def loss_fn(pred, target):
-  """MSE over the masked tokens (pred and target hold only those)."""
+  """MSE over the decoded masked tokens (pred and target hold only those)."""
   return jnp.mean((pred - target) ** 2)
 
 

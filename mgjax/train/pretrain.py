@@ -45,7 +45,8 @@ def pipeline_config(config, data_dir: str, model_cfg: ModelConfig) -> pipeline.P
       augment=pipeline.AugmentConfig(image_size=model_cfg.image_size, scales=tuple(d.scales), flip=d.flip,
                                      num_repeats=d.num_repeats),
       grid=model_cfg.grid, mask_ratio=model_cfg.mask_ratio,
-      mask_type=model_cfg.mask_type, workers=d.workers, prefetch=d.prefetch)
+      mask_type=model_cfg.mask_type, decoder_mask_ratio=model_cfg.decoder_mask_ratio,
+      num_decoded=model_cfg.num_decoded, workers=d.workers, prefetch=d.prefetch)
 
 
 def make_task(config, workdir: str, mesh, data_dir: str) -> trainer.Task:
@@ -87,7 +88,7 @@ def write_reconstruction(workdir, writer, step, recon, params, host, model_cfg, 
                    for x in multihost_utils.process_allgather((video, mask)))
   rep = sharding.replicated(mesh)
   put = lambda x: jax.make_array_from_process_local_data(rep, np.asarray(x))
-  mask = np.asarray(mask).astype(bool)
+  mask = np.asarray(mask).astype(host['mask'].dtype)  # bool, or int8 with dual masking
   pred = np.asarray(recon(params, put(video), put(mask)))
   grid = viz.reconstruction_grid(video, mask, pred, model_cfg)
   if jax.process_index() == 0:

@@ -18,8 +18,10 @@ def _unpatchify(patches, cfg: ModelConfig):
 
 def reconstruction_grid(video: np.ndarray, mask: np.ndarray, pred: np.ndarray, cfg: ModelConfig,
                         frames=(0, None)) -> np.ndarray:
-  """video uint8 (B,T,H,W,3), mask bool (B,N), pred (B,M,P) normalised-pixel predictions of the masked
-  tokens in token order. Returns uint8 rows of [input | masked | reconstruction] for two frames."""
+  """video uint8 (B,T,H,W,3), mask (B,N) as the model takes it (bool, or int8 with dual masking: 1 the
+  decoded tokens, 2 those left out), pred (B,M,P) normalised-pixel predictions of the decoded tokens in
+  token order. Returns uint8 rows of [input | masked | reconstruction] for two frames; tokens the decoder
+  left out are grey in the reconstruction too."""
   x = video.astype(np.float32) / 255.0
   patches = vit.patchify(x, cfg.patch, cfg.tubelet)
   patches = patches.reshape(patches.shape[:2] + (-1, 3))  # (B, N, kt*p*p, C)
@@ -28,10 +30,11 @@ def reconstruction_grid(video: np.ndarray, mask: np.ndarray, pred: np.ndarray, c
   recon = patches.copy()
   masked_view = patches.copy()
   for i in range(len(video)):
-    idx = np.flatnonzero(mask[i])
+    idx = np.flatnonzero(mask[i] == 1)
     pix = pred[i].reshape(len(idx), -1, 3) * (std[i, idx] + 1e-6) + mean[i, idx]
     recon[i, idx] = pix
-    masked_view[i, idx] = 0.5
+    recon[i, mask[i] > 1] = 0.5
+    masked_view[i, mask[i] > 0] = 0.5
   masked_v, recon_v = _unpatchify(masked_view, cfg), _unpatchify(recon, cfg)
   t = video.shape[1]
   rows = []
