@@ -31,7 +31,7 @@ def pretrain_base(size: str) -> ml_collections.ConfigDict:
       name='pretrain', split='train', stride=4,
       sampling='quality', static_motion=5e-5, static_keep=0.1,  # 'uniform' is the ablation
       scales=(1.0, 0.875, 0.75, 0.66), flip=False, num_repeats=4,
-      workers=8, prefetch=2)
+      workers=8, prefetch=2)  # workers: grain processes; -1: a core each but one (memory permitting); 0: none
   c.demo_sample = dict(DEMO_SAMPLE)
   c.global_batch = 512
   c.micro_batches = 1  # gradient accumulation: the global batch in this many sequential pieces

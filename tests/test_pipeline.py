@@ -1,9 +1,11 @@
 """The pretraining input pipeline on built sample records: quality-aware sampling, determinism, resume."""
 
+import os
+
 import numpy as np
 
 from mgjax import errors
-from mgjax.data import pretrain, records
+from mgjax.data import pretrain, records, stream
 from mgjax.models import videomae
 
 SPAN_ARGS = dict(frames=8, stride=4)
@@ -62,15 +64,22 @@ def test_batches_are_deterministic_and_resume_from_state(built):
 
 
 def test_worker_processes_give_the_same_batches(built):
+  """2 workers, and the number data.workers=-1 picks (a core each but one for the loop, half the free
+  memory at most), give the batches of the pipeline in this process."""
+  cores = len(os.sched_getaffinity(0))
+  assert stream.auto_workers(1, 2) == max(1, cores - 1) and stream.auto_workers(1 << 50, 2) == 1
   ref = iter(pretrain.make_dataset(_cfg(built)))
-  mp = iter(pretrain.make_dataset(_cfg(built, workers=2)))
+  mps = [iter(pretrain.make_dataset(_cfg(built, workers=w))) for w in (2, -1)]
   try:
     for _ in range(3):
-      a, b = next(ref), next(mp)
-      np.testing.assert_array_equal(a['video'], b['video'])
-      np.testing.assert_array_equal(a['mask'], b['mask'])
+      a = next(ref)
+      for mp in mps:
+        b = next(mp)
+        np.testing.assert_array_equal(a['video'], b['video'])
+        np.testing.assert_array_equal(a['mask'], b['mask'])
   finally:
-    mp.close()
+    for mp in mps:
+      mp.close()
 
 
 def test_process_slices_make_up_the_same_global_batch(built):

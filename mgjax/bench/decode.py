@@ -46,6 +46,13 @@ def build(manual_dir: str, data_dir: str, short_side: int, workers: int):
   return builder
 
 
+def render_sources(manual_dir: str, videos: int, seconds: int, seed: int):
+  """`videos` sample videos of `seconds` at 1280x720, 25 fps, H.264 (a 2 s GOP with B-frames), no cuts."""
+  sample_lib.generate(manual_dir, subjects=videos, videos_per_subject=1, unlabelled=0,
+                      frames=seconds * sample_lib.FPS, width=1280, height=720, seed=seed, codec='h264',
+                      cut_prob=0.0)
+
+
 def source_window(path: str, start: int, width: int, height: int) -> np.ndarray:
   """Window from a source video: seek to the keyframe before `start`, decode forward, convert 16 frames."""
   wanted = set((start + records.window_frame_indices(NUM_FRAMES, STRIDE)).tolist())
@@ -122,8 +129,7 @@ def main(argv=None):
   print(f'workdir {work}')
 
   t = time.perf_counter()
-  sample_lib.generate(manual, subjects=a.videos, videos_per_subject=1, unlabelled=0, frames=frames_per_video,
-                      width=1280, height=720, seed=a.seed, codec='h264', cut_prob=0.0)
+  render_sources(manual, a.videos, a.seconds, a.seed)
   src_bytes = sum(os.path.getsize(os.path.join(manual, 'videos', f)) for f in os.listdir(
       os.path.join(manual, 'videos')))
   total_frames = a.videos * frames_per_video

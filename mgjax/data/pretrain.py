@@ -14,6 +14,8 @@ Pixels stay uint8 on the host; the model normalises them on the device (4x less 
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
+
 import grain
 import numpy as np
 from PIL import Image
@@ -85,9 +87,11 @@ class AugmentConfig:
   num_repeats: int = 1  # views per decoded clip (VideoMAEv2's repeated augmentation, num_sample)
 
 
-def multiscale_crop_resize(frames: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-  """One crop (size from the scales, random position) for all frames, resized to image_size square."""
-  t, h, w, _ = frames.shape
+def multiscale_crop_resize(frames: Sequence[Image.Image], cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+  """One crop (size from the scales, random position) for all frames (decoded PIL images,
+  `records.open_jpegs`), resized to image_size square: uint8 (T, S, S, 3). Only the crop is ever copied
+  out of a frame."""
+  t, (w, h) = len(frames), frames[0].size
   base = min(h, w)
   sizes = [int(base * s) for s in cfg.scales]
   pairs = [(cw, ch) for i, ch in enumerate(sizes) for j, cw in enumerate(sizes) if abs(i - j) <= cfg.max_distort]
@@ -95,10 +99,9 @@ def multiscale_crop_resize(frames: np.ndarray, cfg: AugmentConfig, rng: np.rando
   x0, y0 = int(rng.integers(w - cw + 1)), int(rng.integers(h - ch + 1))
   flip = cfg.flip and rng.random() < 0.5
   out = np.empty((t, cfg.image_size, cfg.image_size, 3), np.uint8)
-  for i in range(t):
-    img = Image.fromarray(frames[i, y0:y0 + ch, x0:x0 + cw]).resize((cfg.image_size, cfg.image_size),
-                                                                     Image.BILINEAR)
-    out[i] = np.asarray(img)
+  for i, img in enumerate(frames):
+    out[i] = np.asarray(img.crop((x0, y0, x0 + cw, y0 + ch)).resize((cfg.image_size, cfg.image_size),
+                                                                    Image.BILINEAR))
   return out[:, :, ::-1] if flip else out
 
 
@@ -198,7 +201,7 @@ class ClipMaker:
     cfg, s = self.cfg, self.cfg.sampling
     rng = np.random.default_rng((cfg.seed, int(g)))
     recs, offset = self.sampler.choose(int(self.order[int(g)]), rng)
-    frames = records.decode_jpegs(records.window_jpegs(recs, offset, s.frames, s.stride))
+    frames = records.open_jpegs(records.window_jpegs(recs, offset, s.frames, s.stride))
     views = [multiscale_crop_resize(frames, cfg.augment, rng) for _ in range(cfg.augment.num_repeats)]
     masks = [make_mask(rng, cfg.grid, cfg.mask_ratio, cfg.mask_type) for _ in range(cfg.augment.num_repeats)]
     if cfg.decoder_mask_ratio:

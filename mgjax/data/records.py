@@ -66,9 +66,19 @@ def protocol(data_dir: str, config: str = 'clips') -> dict:
     return json.load(f)
 
 
+def open_jpegs(jpegs: Sequence[bytes]) -> list:
+  """JPEG bytes -> decoded RGB PIL images (no copy when the JPEG is RGB already, as the builder writes)."""
+  out = []
+  for b in jpegs:
+    img = Image.open(io.BytesIO(b))
+    img.load()
+    out.append(img if img.mode == 'RGB' else img.convert('RGB'))
+  return out
+
+
 def decode_jpegs(jpegs: Sequence[bytes]) -> np.ndarray:
   """JPEG bytes -> uint8 array (T, H, W, 3)."""
-  return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert('RGB')) for b in jpegs])
+  return np.stack([np.asarray(img) for img in open_jpegs(jpegs)])
 
 
 def window_frame_indices(num_frames: int, stride: int) -> np.ndarray:

@@ -10,10 +10,11 @@ the same places for any number of processes; a stream can start at any global ba
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional
 
 import grain
-from absl import flags
+from absl import flags, logging
 
 from mgjax import errors
 
@@ -42,7 +43,8 @@ def batches(clip_fn: Callable[[int], dict], *, global_batch: int, num_repeats: i
   expects).
 
   clip_fn(position) -> {key: (num_repeats, ...)}: the views of one decoded window. With workers > 0,
-  `workers` grain processes prepare them (prefetch: batches buffered per worker).
+  `workers` grain processes prepare them (prefetch: batches buffered per worker); -1 picks the number
+  (`auto_workers`), 0 prepares them in this process.
   """
   part = global_batch // (process_count * micro_batches)  # clips of one micro-batch on one process
   if global_batch % (process_count * micro_batches) or part % num_repeats:
@@ -55,9 +57,28 @@ def batches(clip_fn: Callable[[int], dict], *, global_batch: int, num_repeats: i
   ds = ds.map(ProcessSlice(per, process_index, process_count)).map(clip_fn)
   ds = ds.batch(per * micro_batches, drop_remainder=True).map(flatten_repeats)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  if workers < 0:
+    one = clip_fn(0)
+    workers = auto_workers(sum(v.nbytes for v in one.values()) * per * micro_batches, prefetch or 2)
   if workers > 0:
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app use defaults
       flags.FLAGS.mark_as_parsed()
     options = {} if prefetch is None else {'per_worker_buffer_size': prefetch}
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, **options))
   return it
+
+
+def auto_workers(batch_bytes: int, prefetch: int) -> int:
+  """Worker processes for data.workers=-1: one per core this process may run on, less one for the
+  training loop, and no more than half the free memory holds with each worker's `prefetch` batches (and
+  the one it is making) of `batch_bytes`."""
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+  try:
+    free = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_AVPHYS_PAGES')
+  except (ValueError, OSError):
+    free = 8 << 30
+  by_memory = int(0.5 * free // max(1, batch_bytes * (prefetch + 1)))
+  workers = max(1, min(cores - 1, by_memory))
+  logging.info('data.workers=-1: %d worker processes (%d cores, %.1f GB free, %.0f MB a host batch)',
+               workers, cores, free / 1e9, batch_bytes / 1e6)
+  return workers
