@@ -11,7 +11,7 @@ bound at about 1,500 clips/s with 14 input workers: 4000 steps in under 4 minute
 sample generation. Frozen features of this model lead random initialisation by more than 10 points on kNN
 and the linear probe with the temporal_std readout, also on the two samples (seeds 3 and 4) where the
 CPU demo's XS model falls short (README, "Results on the sample data"). Evaluate it with
-`--config.model.size=S --config.model.image_size=112` on configs/eval.py. `launch/gpu_checks.sh` runs it.
+`--config.model.size=S --config.model.image_size=112` on configs/eval.py. `launch/gpu_study.sh` runs it.
 """
 
 import os

@@ -1,7 +1,7 @@
 r"""Input benchmark: the real pretraining pipeline of a config, per host core.
 
-    python -m mgjax.bench.input --config=configs/vmae_l.py [--data_dir=D] [--batch=32] [--batches=6]
-        [--workers=0] [--step_clips_per_s=393.5]
+    python -m mgjax.bench.input --config=configs/vmae_l.py [--data_dir=D | --workdir=DIR] [--batch=32]
+        [--batches=6] [--workers=0] [--step_clips_per_s=393.5]
 
 Runs what `mgjax.main` feeds the train step (read the records, decode the window's JPEG frames, quality-aware
 sampling, the multi-scale crop resized to the model's size, tube masks (and dual masks when the config sets
@@ -32,6 +32,7 @@ flags.DEFINE_string('data_dir', None, 'Built records (TFDS data_dir); default: b
 flags.DEFINE_integer('batch', 32, 'Clips per batch.')
 flags.DEFINE_integer('batches', 6, 'Timed batches, after one untimed.')
 flags.DEFINE_integer('workers', 0, 'Grain worker processes (0: this process alone, the per-core figure).')
+flags.DEFINE_string('workdir', None, 'Where to build the sample records (default: a temporary folder).')
 flags.DEFINE_integer('videos', 2, 'Source videos to render when building records.')
 flags.DEFINE_integer('seconds', 20, 'Length of each rendered source video.')
 flags.DEFINE_float('step_clips_per_s', 393.5, "The train step's clips/s on one accelerator (default: vmae_l, "
@@ -65,7 +66,7 @@ def main(argv):
   config = FLAGS.config
   data_dir = FLAGS.data_dir
   if not data_dir:
-    work = tempfile.mkdtemp(prefix='mgjax_bench_input_')
+    work = FLAGS.workdir or tempfile.mkdtemp(prefix='mgjax_bench_input_')
     t = time.perf_counter()
     data_dir = sample_records(work, FLAGS.videos, FLAGS.seconds)
     print(f'records: {FLAGS.videos} sample videos of {FLAGS.seconds} s at 1280x720 built into {data_dir} '

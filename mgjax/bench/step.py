@@ -18,6 +18,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from mgjax.bench import flops
 from mgjax.data import pretrain
 from mgjax.models import functional, videomae, vit
 from mgjax.train import optim, sharding, step as step_lib
@@ -28,27 +29,6 @@ flags.DEFINE_float('peak_tflops', 0.0, 'Override the datasheet peak (dense bf16 
 config_flags.DEFINE_config_file('config', None, 'Pretraining config.', lock_config=True)
 FLAGS = flags.FLAGS
 
-# Dense bf16 datasheet peaks, TFLOP/s per chip (docs/reference.md, section 4).
-PEAKS = (('H200', 989.0), ('H100', 989.0), ('v6', 918.0), ('v5p', 459.0), ('v5 lite', 197.0), ('v5e', 197.0),
-         ('v4', 275.0))
-
-
-def layer_flops(n: int, w: int) -> float:
-  return 24 * n * w * w + 4 * n * n * w
-
-
-def flops_per_clip(cfg: videomae.ModelConfig) -> float:
-  """One training step's FLOPs per clip: 3 x forward (docs/reference.md, section 4)."""
-  size = videomae.SIZES[cfg.size]
-  dim, depth = size.dim, size.depth
-  ddim, _, ddepth = cfg.decoder
-  n, p = cfg.num_tokens, cfg.patch_dim
-  v, d = n - cfg.num_masked, cfg.num_decoded  # the decoder reads the visible and the decoded tokens
-  fwd = (2 * v * p * dim + depth * layer_flops(v, dim) + 2 * v * dim * ddim + ddepth * layer_flops(v + d, ddim)
-         + 2 * d * ddim * p)
-  return 3.0 * fwd
-
-
 def xla_counts(compiled, batch: int) -> str:
   """XLA's cost analysis of the compiled step, per clip, and its fusion count (what the optimiser left)."""
   cost = compiled.cost_analysis()
@@ -57,14 +37,6 @@ def xla_counts(compiled, batch: int) -> str:
   return (f'XLA: {cost.get("flops", float("nan")) / batch / 1e9:.4g} GFLOP and '
           f'{cost.get("bytes accessed", float("nan")) / batch / 1e9:.4g} GB accessed per clip, '
           f'{hlo.count(" fusion(") + hlo.count(" fusion.")} fusions')
-
-
-def device_peak(device) -> float:
-  kind = device.device_kind
-  for name, peak in PEAKS:
-    if name.lower() in kind.lower():
-      return peak
-  return 0.0
 
 
 def main(argv):
@@ -106,9 +78,9 @@ def main(argv):
   jax.block_until_ready(m['loss'])
   dt = (time.perf_counter() - t0) / FLAGS.steps
   clips = FLAGS.batch / dt
-  tflops = clips * flops_per_clip(cfg) / 1e12
-  peak = FLAGS.peak_tflops or device_peak(jax.devices()[0])
-  print(f'{dt * 1e3:.1f} ms/step; {flops_per_clip(cfg) / 1e9:.4g} GFLOP per clip (FLOP model); '
+  tflops = clips * flops.flops_per_clip(cfg) / 1e12
+  peak = FLAGS.peak_tflops or flops.device_peak(jax.devices()[0])
+  print(f'{dt * 1e3:.1f} ms/step; {flops.flops_per_clip(cfg) / 1e9:.4g} GFLOP per clip (FLOP model); '
         f'loss {float(m["loss"]):.4f}')
   mfu = f'{100 * tflops / (peak * jax.device_count()):.1f}%' if peak else 'n/a (no datasheet peak for this device)'
   print(f'clips/s: {clips:.1f}  TFLOP/s: {tflops:.2f}  MFU: {mfu}')
