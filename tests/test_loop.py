@@ -382,13 +382,13 @@ def test_a_bucket_workdir_trains_resumes_evaluates_and_exports(built, reference,
   # An outage while resuming: the bucket answers 503 to the first 6 reads of the latest step's input item,
   # as many as its client (gcsfs) tries; the run reads the step again and resumes from it, nothing moved.
   gcs_emulator.fail(env, 'pretrain/checkpoints/40/input/', 6)
-  out = _run(_cmd(built, run, 44), env=env)
+  out = _run(_cmd(built, run, 40), env=env)  # resumes at its last step: the restore alone
   assert out.returncode == 0 and 'Resumed from step 40' in out.stderr, out.stderr[-3000:]
   assert gcs_emulator.failures(env) == 6
   assert re.search(r'Checkpoint gs://mgjax-test/pretrain/checkpoints/40: reading failed \(HttpError: '
                    r'Service Unavailable, 503\); trying again', out.stderr), out.stderr[-3000:]
   assert not (files.path(run) / 'checkpoints_unreadable').exists()
-  assert max(helpers.losses(run)) == 44 and (files.path(run) / 'checkpoints' / '44' / 'state').exists()
+  assert (files.path(run) / 'checkpoints' / '40' / 'state').exists()
 
 
 def test_restore_tells_damaged_data_from_a_failure_to_read(tmp_path):
