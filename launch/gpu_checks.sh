@@ -14,27 +14,9 @@
 # Figures go to $OUT/summary.txt (and stdout), every log to $OUT/logs/. Environment: PY (python), CONFIG,
 # BATCH, H_BATCH (0 skips vmae_h), TORCH (0 skips PyTorch). Where the packages travel as wheels (the
 # device tool of this workplace), .whl/ is installed first.
-set -u
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/gpu_out}; W=${W:-/tmp/gw}
-mkdir -p "$OUT/logs" "$W"
-T0=$(date +%s)
-el() { echo $(( $(date +%s) - T0 )); }
-log() { echo "[$(el)s] $*" | tee -a "$OUT/summary.txt"; }
-PY=${PY:-python3}
-if [ -d .whl ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
+. launch/gpu_common.sh
+mkdir -p "$OUT/logs"
 CONFIG=${CONFIG:-configs/vmae_l.py}; BATCH=${BATCH:-32}; H_BATCH=${H_BATCH:-16}; TORCH=${TORCH:-1}
-(nvidia-smi -L 2>/dev/null; $PY -c "
-import jax, flax, optax, orbax.checkpoint as oc, grain, numpy
-print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__,
-      'orbax', oc.__version__, 'grain', grain.__version__, 'numpy', numpy.__version__)") 2>&1 | tee -a "$OUT/summary.txt"
-log "nproc $(nproc)"
 
 # The input pipeline on the CPU while the GPU runs the steps (records built first, about a minute).
 (JAX_PLATFORMS=cpu timeout 300 $PY -m mgjax.bench.input --config="$CONFIG" --batches=8 --workdir="$W/input" \

@@ -20,30 +20,11 @@
 # input-bound at about 700 clips/s per run with 6 workers and stopped at step 1769 of 4000 by the budget.
 # On one H100, `BENCH=0 SEEDS=3 WORKERS=14 BUDGET=540` took 391 s (sample 93 s, 4000 steps 225 s at about
 # 1,500 clips/s, the three pretrained readouts 63 s): one seed a call gives the full schedule.
-set -u
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/gpu_out}; W=${W:-/tmp/gw}
-mkdir -p "$OUT" "$W"
-T0=$(date +%s)
-el() { echo $(( $(date +%s) - T0 )); }
-log() { echo "[$(el)s] $*" | tee -a "$OUT/summary.txt"; }
-PY=${PY:-python3}
-if [ -d .whl ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
+. launch/gpu_common.sh
 SEEDS=${SEEDS:-"3 4"}; STEPS=${STEPS:-4000}; WORKERS=${WORKERS:-6}; BUDGET=${BUDGET:-560}
 SAMPLE=${SAMPLE:-DEMO_FLOW_SAMPLE}; BENCH=${BENCH:-0}
 BENCH_CONFIG=${BENCH_CONFIG:-configs/vmae_l.py}; BENCH_BATCH=${BENCH_BATCH:-32}
 MODEL=${MODEL:-"--config.model.size=S --config.model.image_size=112"}
-(nvidia-smi -L 2>/dev/null; $PY -c "
-import jax, flax, optax, orbax.checkpoint as oc, grain, numpy
-print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__,
-      'orbax', oc.__version__, 'grain', grain.__version__, 'numpy', numpy.__version__)") 2>&1 | tee -a "$OUT/summary.txt"
-log "nproc $(nproc)"
 
 # The sample datasets, on the CPU, while the benchmarks have the GPU.
 for s in $SEEDS; do

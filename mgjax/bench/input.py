@@ -26,6 +26,7 @@ from ml_collections import config_flags
 
 from mgjax.bench import decode
 from mgjax.data import pretrain as pipeline
+from mgjax.data import stream
 from mgjax.train import pretrain
 
 flags.DEFINE_string('data_dir', None, 'Built records (TFDS data_dir); default: build sample records.')
@@ -88,7 +89,10 @@ def main(argv):
       config.data.num_repeats = repeats
     pcfg = pretrain.pipeline_config(config, data_dir, model_cfg)
     wall, per_cpu, batch = measure(pcfg, FLAGS.batches)
-    per_core = per_cpu if FLAGS.workers == 0 else wall / FLAGS.workers
+    workers = FLAGS.workers
+    if workers < 0:  # the number the pipeline picked for this batch
+      workers = stream.auto_workers(sum(v.nbytes for v in batch.values()), pcfg.prefetch)
+    per_core = per_cpu if workers == 0 else wall / workers
     rates[repeats] = per_core
     assert batch['video'].shape == (FLAGS.batch, model_cfg.frames, model_cfg.image_size, model_cfg.image_size, 3)
     print(f'num_repeats {repeats}: {wall:.1f} clips/s wall, {per_core:.1f} clips/s per core; one accelerator '
