@@ -1,5 +1,6 @@
 """Scores of micro-gesture spotting on hand-made cases with known answers (mgjax/evals/segments.py)."""
 
+import numpy as np
 import pytest
 
 from mgjax.evals import segments
@@ -53,3 +54,19 @@ def test_mean_ap_averages_the_classes_with_ground_truth():
   r = segments.mean_ap(dets, truth, thresholds=(0.5,))
   assert r['per_class@0.5'] == {0: pytest.approx(1.0), 1: 0.0}
   assert r['mAP@0.5'] == pytest.approx(0.5)
+
+
+def test_decoding_window_scores_into_segments():
+  """Runs of windows over the threshold become segments half a hop beyond their first and last centres,
+  scored by their mean; overlapping segments of other classes are suppressed, the best kept."""
+  centres = 8 + 8 * np.arange(10)  # windows centred every 8 frames from frame 8
+  probs = np.zeros((10, 3))
+  probs[2:5, 1] = [0.6, 0.9, 0.6]   # class 1 over windows 2-4 (centres 24-40): frames 20 to 44
+  probs[7:9, 2] = [0.7, 0.5]        # class 2 over windows 7-8 (centres 64, 72): frames 60 to 76
+  probs[3:5, 0] = [0.55, 0.55]      # class 0, frames 28 to 44: inside class 1's run, scored lower
+  got = segments.decode('v', probs, centres, hop=8, threshold=0.5, nms_tiou=0.3)
+  assert [(s.start, s.end, s.label) for s in got] == [(20, 44, 1), (60, 76, 2)]
+  assert [s.score for s in got] == [pytest.approx(0.7), pytest.approx(0.6)]
+  per_class = segments.decode('v', probs, centres, hop=8, threshold=0.5, nms_tiou=0.3, class_agnostic=False)
+  assert sorted(s.label for s in per_class) == [0, 1, 2]
+  assert segments.decode('v', probs, centres, hop=8, threshold=0.95) == []

@@ -104,3 +104,33 @@ def mean_ap(detections: Sequence[Segment], truth: Sequence[Segment], thresholds=
     out[f'mAP@{thr:g}'] = float(np.mean(list(per.values()))) if per else float('nan')
     out[f'per_class@{thr:g}'] = per
   return out
+
+
+def decode(video: str, probs: np.ndarray, centres: np.ndarray, hop: float, threshold: float = 0.5,
+           nms_tiou: float = 0.5, class_agnostic: bool = True) -> list:
+  """Per-window class probabilities -> scored segments of one video.
+
+  probs: (W, C) for windows centred at frames `centres` (ascending, `hop` apart). For each class, every
+  run of consecutive windows whose probability reaches `threshold` is one segment, from half a hop before
+  its first centre to half a hop after its last, scored by the run's mean probability. Temporal NMS then
+  keeps the best-scored segments and drops those overlapping a kept one by more than `nms_tiou` (of any
+  class when class_agnostic: a person makes one micro-gesture at a time).
+  """
+  found = []
+  above = np.asarray(probs) >= threshold
+  for c in range(above.shape[1]):
+    runs = np.flatnonzero(np.diff(np.concatenate([[0], above[:, c].astype(np.int8), [0]])))
+    for first, stop in zip(runs[::2], runs[1::2]):  # windows first .. stop - 1
+      found.append(Segment(video, float(centres[first] - hop / 2), float(centres[stop - 1] + hop / 2), c,
+                           float(np.mean(probs[first:stop, c]))))
+  return nms(found, nms_tiou, class_agnostic)
+
+
+def nms(found: Sequence[Segment], max_tiou: float, class_agnostic: bool = True) -> list:
+  """Greedy temporal non-maximum suppression, best score first."""
+  kept: list = []
+  for s in sorted(found, key=lambda s: -s.score):
+    if all(tiou((s.start, s.end), (k.start, k.end)) <= max_tiou for k in kept
+           if k.video == s.video and (class_agnostic or k.label == s.label)):
+      kept.append(s)
+  return kept
