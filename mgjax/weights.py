@@ -3,7 +3,8 @@ and official MCG-NJU files, and writing the export formats. No flags: the export
 fine-tuning and evaluation load weights through here.
 
   hf        DIR/config.json + DIR/model.safetensors: VideoMAEForPreTraining (a pretraining checkpoint) or
-            VideoMAEForVideoClassification (a classifier); DIR/encoder/ the same for VideoMAEModel.
+            VideoMAEForVideoClassification (a classifier, id2label the micro-gesture names);
+            DIR/encoder/ the same for VideoMAEModel; preprocessor_config.json in both.
   official  DIR/model.safetensors with the MCG-NJU keys (and DIR/model.pth, {'model': state_dict}, when
             torch is installed).
   orbax     DIR/encoder: a parameters-only orbax checkpoint of the encoder.
@@ -101,9 +102,31 @@ def hf_config(model: videomae.ModelConfig, num_classes: Optional[int]) -> dict:
        'decoder_hidden_size': ddim, 'decoder_num_hidden_layers': ddepth, 'decoder_intermediate_size': 4 * ddim,
        'norm_pix_loss': True, 'torch_dtype': 'float32'}
   if num_classes:
-    c['id2label'] = {str(i): f'C{i + 1}' for i in range(num_classes)}
+    names = class_names() if num_classes == len(class_names()) else [f'C{i + 1}' for i in range(num_classes)]
+    c['id2label'] = {str(i): name for i, name in enumerate(names)}
     c['label2id'] = {v: int(k) for k, v in c['id2label'].items()}
   return c
+
+
+def class_names() -> list:
+  """The 32 iMiGUE micro-gesture names, by label index (tfds_imigue3k/classes.tsv; read as a file, so
+  neither TFDS nor the builder is imported)."""
+  import csv  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  where = importlib.util.find_spec('tfds_imigue3k').submodule_search_locations[0]
+  with open(os.path.join(where, 'classes.tsv'), encoding='utf-8-sig') as f:
+    return [r['name'] for r in csv.DictReader(f, delimiter='\t')]
+
+
+def preprocessor_config(model: videomae.ModelConfig) -> dict:
+  """transformers' VideoMAEImageProcessor for the model's frames: the short side resized to the frame
+  size, a centre crop of it, scaled to [0, 1] and ImageNet-normalised, as mgjax's evaluation reads clips."""
+  s = model.image_size
+  return {'image_processor_type': 'VideoMAEImageProcessor', 'do_resize': True, 'size': {'shortest_edge': s},
+          'resample': 2, 'do_center_crop': True, 'crop_size': {'height': s, 'width': s}, 'do_rescale': True,
+          'rescale_factor': 1 / 255, 'do_normalize': True, 'image_mean': [float(x) for x in videomae.IMAGENET_MEAN],
+          'image_std': [float(x) for x in videomae.IMAGENET_STD]}
 
 
 def _save_safetensors(sd: dict, path):
@@ -122,6 +145,8 @@ def write(w: Weights, fmt: str, out: str):
     sd = convert.to_hf(w.params)
     files.write_json(out / 'config.json', hf_config(w.model, w.num_classes))
     _save_safetensors(sd, out / 'model.safetensors')
+    for d in (out, out / 'encoder'):
+      files.write_json(d / 'preprocessor_config.json', preprocessor_config(w.model))
     enc_cfg = hf_config(w.model, w.num_classes)  # what VideoMAEModel loads with no unexpected keys
     enc_cfg['architectures'] = ['VideoMAEModel']
     files.write_json(out / 'encoder' / 'config.json', enc_cfg)

@@ -140,6 +140,29 @@ def test_classifier_exports_to_video_classification(tmp_path):
   assert 'fc_norm.weight' in official and 'head.weight' in official and 'blocks.0.attn.qkv.weight' in official
 
 
+def test_transformers_video_classification_pipeline_names_micro_gestures(tmp_path):
+  """An hf export of a classifier runs in transformers' video-classification pipeline as it is: the
+  pipeline reads a video file with its image processor (preprocessor_config.json) and names the classes
+  as iMiGUE does (classes.tsv). The head is biased towards class 5, which the pipeline must name first."""
+  from transformers import pipeline  # pylint: disable=g-import-not-at-top
+  cfg = videomae.ModelConfig(size='T', frames=4, image_size=32, dtype='float32')
+  params = nnx.state(classifier_lib.VideoClassifier(cfg, 32, init_scale=1.0, rngs=nnx.Rngs(3)),
+                     nnx.Param).to_pure_dict()
+  params['head']['bias'] = np.asarray(params['head']['bias']).copy()
+  params['head']['bias'][5] = 50.0
+  out = str(tmp_path / 'hf_cls')
+  weights.write(weights.Weights(params, cfg, num_classes=32), 'hf', out)
+  clip = str(tmp_path / 'clip.mp4')
+  helpers.write_video(clip, 24, width=64, height=48)
+  classify = pipeline('video-classification', model=out)
+  got = classify(clip, top_k=3)
+  names = weights.class_names()
+  assert got[0]['label'] == names[5] == 'Covering face', got
+  assert all(g['label'] in names for g in got) and got[0]['score'] > 0.99
+  assert json.load(open(os.path.join(out, 'encoder', 'preprocessor_config.json')))['crop_size'] == {
+      'height': 32, 'width': 32}
+
+
 def test_errors_name_the_path_or_the_parameters(workdir, tmp_path):
   with pytest.raises(layout.CheckpointError, match='no such checkpoint: .*nowhere'):
     weights.load(str(tmp_path / 'nowhere'))
