@@ -20,7 +20,6 @@ from typing import Optional
 import jax
 import numpy as np
 
-from mgjax import errors
 from mgjax import files
 from mgjax import layout
 from mgjax.models import convert
@@ -102,7 +101,8 @@ def hf_config(model: videomae.ModelConfig, num_classes: Optional[int]) -> dict:
        'decoder_hidden_size': ddim, 'decoder_num_hidden_layers': ddepth, 'decoder_intermediate_size': 4 * ddim,
        'norm_pix_loss': True, 'torch_dtype': 'float32'}
   if num_classes:
-    names = class_names() if num_classes == len(class_names()) else [f'C{i + 1}' for i in range(num_classes)]
+    names = class_names()
+    names = names if num_classes == len(names) else [f'C{i + 1}' for i in range(num_classes)]
     c['id2label'] = {str(i): name for i, name in enumerate(names)}
     c['label2id'] = {v: int(k) for k, v in c['id2label'].items()}
   return c

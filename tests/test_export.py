@@ -190,8 +190,8 @@ def test_errors_name_the_path_or_the_parameters(workdir, tmp_path):
   msg = str(err.value)
   assert msg.startswith(f'{copied}: weights do not fit the model') and '26 missing' in msg, msg
   assert 'decoder/blocks/0/attn/qkv/kernel: read (32, 96), model (64, 192)' in msg, msg
-  # A step without the item (as written before steps carried it) takes the model from its workdir's
-  # config.json; copied on its own, it says what is missing.
+  # A step without the item takes the model from its workdir's config.json; copied on its own, it says
+  # what is missing.
   shutil.rmtree(copied / 'model')
   with pytest.raises(layout.CheckpointError, match=f'{copied} has no model/ item and .*config.json is missing'):
     weights.load(str(copied))
