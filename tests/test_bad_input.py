@@ -93,7 +93,7 @@ def _written(data_dir):
   """Everything under data_dir that a reader or a later build could take for data."""
   found = []
   for root, dirs, files in os.walk(data_dir):
-    found += [os.path.join(root, d) for d in dirs if 'incomplete' in d or d == '1.0.0']
+    found += [os.path.join(root, d) for d in dirs if 'incomplete' in d or d in records.READABLE_VERSIONS]
     found += [os.path.join(root, f) for f in files if '.array_record' in f or f == 'dataset_info.json'
               or f == 'skipped.jsonl']
   return found
@@ -173,7 +173,8 @@ def test_killed_build_leaves_nothing_complete_and_rebuilds(sample, tmp_path):
   finally:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-  assert not os.path.exists(os.path.join(data, 'imigue3k', 'pretrain', '1.0.0'))
+  assert not os.path.exists(os.path.join(data, 'imigue3k', 'pretrain', 
+                                        records.READABLE_VERSIONS[-1]))
   with pytest.raises(Exception):
     records.data_source(data, 'pretrain', 'all')
   helpers.build(manual, data, 'pretrain', num_workers=2)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from mgjax import errors
 from mgjax.data import records
 from tests import helpers
 from tfds_imigue3k import labels as labels_lib
@@ -119,6 +120,39 @@ def test_quality_scores_find_cuts_and_static_chunks(sample, built):
   assert static_energy and max(static_energy) < 0.2 * np.median(other_energy)
 
 
+def test_frame_labels_and_segments_follow_the_generated_truth(sample, built):
+  _, truth = sample
+  src = records.data_source(built, 'pretrain', 'all')
+  labels, segments = {}, {}
+  for i in range(len(src)):
+    r = src[i]
+    vid = r['video_id'].decode()
+    assert bool(r['labelled']) == truth['videos'][vid]['labelled']
+    assert len(r['frame_label']) == r['num_frames']
+    labels.setdefault(vid, []).extend(r['frame_label'].tolist())
+    for s in r['segments'].tolist():  # every listed segment overlaps the chunk
+      assert s[1] >= r['start_frame'] and s[0] < r['start_frame'] + r['num_frames']
+      segments.setdefault(vid, set()).add(tuple(s))
+  for vid, v in truth['videos'].items():
+    want = np.full(v['num_frames'], records.NO_GESTURE)
+    segs = v['segments'] if v['labelled'] else []
+    for a, b, c in segs:
+      want[a:b + 1] = c
+    np.testing.assert_array_equal(labels[vid], want, err_msg=vid)
+    assert segments.get(vid, set()) == {tuple(s) for s in segs}
+  assert sum(map(len, segments.values())) > 20
+
+
+def test_older_records_still_pretrain_and_name_their_version_for_frame_labels():
+  old = os.path.join(REPO, 'tests', 'data', 'records_1.0.0')  # written by builder version 1.0.0
+  src = records.data_source(old, 'pretrain', 'all')
+  assert str(src.dataset_info.version) == '1.0.0' and 'frame_label' not in src[0]
+  assert records.read_window(src, 0, 2, 8, 2).shape == (8, 48, 64, 3)
+  with pytest.raises(errors.DataError, match=r'pretrain/1\.0\.0: records of builder version 1\.0\.0 have no '
+                     r'per-frame micro-gesture labels, which spotting needs \(builder version 1\.1\.0 on\)'):
+    records.require_frame_labels(src, old, 'spotting')
+
+
 def test_reading_never_imports_tensorflow(built):
   code = f"""
 import sys
@@ -171,5 +205,6 @@ def test_cli_build_gives_the_same_records(sample, built, tmp_path):
     for split in splits:
       helpers.assert_same_records(records.data_source(built, config, split),
                                   records.data_source(str(tmp_path), config, split))
-  info = tfds.builder_from_directory(os.path.join(str(tmp_path), 'imigue3k', 'clips', '1.0.0')).info
+  version = records.READABLE_VERSIONS[-1]
+  info = tfds.builder_from_directory(os.path.join(str(tmp_path), 'imigue3k', 'clips', version)).info
   assert info.features['label'].num_classes == 32 and 'liu2021imigue' in info.citation

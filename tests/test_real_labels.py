@@ -68,3 +68,23 @@ def test_build_from_real_labels_of_a_few_videos(tmp_path):
       assert ex['emotion'] == (row['win_or_lose'] == 'Win') and ex['subject_id'] == int(row['subject_id'])
       assert len(ex['frames']) == int(row['end_frame']) - int(row['start_frame']) + 1
   assert any(records.data_source(data, 'clips', 'train')[i]['label'] == 31 for i in range(25))  # raw 99
+  # pretrain: per frame, the class of the covering row that started last (the real rows overlap)
+  helpers.build(str(manual), data, 'pretrain', num_workers=2)
+  src = records.data_source(data, 'pretrain', 'all')
+  frames, listed = collections.defaultdict(list), collections.defaultdict(set)
+  for i in range(len(src)):
+    r = src[i]
+    frames[r['video_id'].decode()] += r['frame_label'].tolist()
+    listed[r['video_id'].decode()] |= {tuple(x) for x in r['segments'].tolist()}
+  overlapping = 0
+  for vid in VIDEOS:
+    rows = [(int(r['start_frame']), int(r['label_id']), int(r['end_frame']), classes[int(r['class'])])
+            for r in parsed if r['video_id'] == vid]
+    want = []
+    for f in range(last[vid] + 8):
+      covering = [r for r in rows if r[0] <= f <= r[2]]
+      overlapping += len(covering) > 1
+      want.append(max(covering)[3] if covering else records.NO_GESTURE)
+    assert frames[vid] == want, vid
+    assert listed[vid] == {(a, b, c) for a, _, b, c in rows}
+  assert overlapping > 0  # the rule for overlaps was exercised

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from mgjax.data import records
 from tests import helpers
 
 
@@ -20,7 +21,7 @@ def _main(built, workdir, *extra):
 def _old_version(built, root):
   """A copy of the built clips records as an older builder version would have left them."""
   old = os.path.join(root, 'imigue3k', 'clips', '0.9.0')
-  shutil.copytree(os.path.join(built, 'imigue3k', 'clips', '1.0.0'), old)
+  shutil.copytree(os.path.join(built, 'imigue3k', 'clips', records.READABLE_VERSIONS[-1]), old)
   return root
 
 
@@ -48,7 +49,7 @@ CASES = {
         lambda built, pre, tmp: [sys.executable, '-m', 'mgjax.evaluate', '--config=configs/eval.py',
                                  '--config.checkpoint=random', f'--config.data_dir={_old_version(built, tmp / "d")}',
                                  f'--workdir={tmp / "e"}'],
-        ['records of builder version 0.9.0; this mgjax reads version 1.0.0']),
+        ['records of builder version 0.9.0; this mgjax reads version 1.0.0, 1.1.0']),
 }
 
 

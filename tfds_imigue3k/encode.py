@@ -19,6 +19,9 @@ from tfds_imigue3k import labels as labels_lib
 from tfds_imigue3k import video as video_lib
 
 
+NO_GESTURE = -1  # pretrain frame_label of a frame outside every segment
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
   kind: str  # 'clips' or 'pretrain'
@@ -35,7 +38,7 @@ class VideoJob:
   path: str
   meta: labels_lib.VideoMeta
   info: video_lib.VideoInfo
-  segments: Optional[list]  # clips: this video's segments; pretrain: None
+  segments: list  # this video's usable segments of labels.csv
   out_path: str
 
 
@@ -102,8 +105,23 @@ def _write_clips(job: VideoJob):
     yield ex
 
 
+def frame_labels(segments, num_frames: int) -> np.ndarray:
+  """Per frame: the class of the segment covering it, NO_GESTURE outside every segment. Where segments
+  overlap (iMiGUE's rows do, often by a frame or more) the one that started last holds the frame: the
+  gesture in progress is the newest one."""
+  out = np.full(num_frames, NO_GESTURE, np.int64)
+  for s in sorted(segments, key=lambda s: (s.start_frame, s.label_id)):
+    out[s.start_frame:s.end_frame + 1] = s.label
+  return out
+
+
 def _write_chunks(job: VideoJob):
   info, st = job.info, job.settings
+  labelled = job.meta.source == 'labels.csv'
+  labels = frame_labels(job.segments, info.num_frames)
+  segs = np.array([[s.start_frame, s.end_frame, s.label]
+                   for s in sorted(job.segments, key=lambda s: (s.start_frame, s.label_id))],
+                  np.int64).reshape(-1, 3)
   w, h = video_lib.output_size(info.width, info.height, st.short_side)
   n, size = info.num_frames, st.chunk_frames
   num_chunks = -(-n // size)
@@ -120,12 +138,16 @@ def _write_chunks(job: VideoJob):
       motion_a, cut_a = np.array(motion, np.float32), np.array(cut, bool)
       steady = motion_a[~cut_a]
       ex = _common(job, w, h)
+      start = (i // size) * size
       ex.update({
-          'frames': np.array(frames, dtype=object), 'start_frame': (i // size) * size,
+          'frames': np.array(frames, dtype=object), 'start_frame': start,
           'num_frames': len(frames), 'chunk_index': i // size, 'num_chunks': num_chunks,
           'video_num_frames': n, 'motion': motion_a, 'cut': cut_a,
           'motion_energy': np.float32(steady.mean() if steady.size else 0.0),
           'has_cut': bool(cut_a[1:].any()),  # cut_a[0] is a cut just before the chunk, not inside it
+          'labelled': labelled,
+          'frame_label': labels[start:start + len(frames)],
+          'segments': segs[(segs[:, 1] >= start) & (segs[:, 0] < start + len(frames))],
       })
       yield ex
       frames, motion, cut = [], [], []

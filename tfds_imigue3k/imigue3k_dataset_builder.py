@@ -83,8 +83,12 @@ def _frame_features() -> dict:
 class Builder(tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for iMiGUE-3K (and iMiGUE) from raw videos and the label file."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release: clips and pretrain configs, JPEG frames, quality scores.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release: clips and pretrain configs, JPEG frames, quality scores.',
+      '1.1.0': 'pretrain: per-frame micro-gesture class (frame_label), the segments of labels.csv that '
+               'overlap each chunk, and whether the video is labelled.',
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Request the videos from the iMiGUE owners, then lay out manual_dir as:
     labels.csv               iMiGUE label file (video_id,label_id,start_frame,end_frame,class,
@@ -132,6 +136,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                       doc='per frame: a shot cut between the previous frame and this one'),
           'motion_energy': tfds.features.Scalar(np.float32, doc='mean motion over non-cut frames'),
           'has_cut': np.bool_,
+          'labelled': tfds.features.Scalar(np.bool_, doc='the video has rows in labels.csv'),
+          'frame_label': tfds.features.Tensor(
+              shape=(None,), dtype=np.int64,
+              doc=f'per frame: micro-gesture class 0..31, {encode_lib.NO_GESTURE} = none (or the video is '
+                  'unlabelled); where segments overlap, the one that started last'),
+          'segments': tfds.features.Tensor(
+              shape=(None, 3), dtype=np.int64,
+              doc='segments of labels.csv overlapping this chunk: start frame, end frame (inclusive), '
+                  'class 0..31, in video frames'),
       })
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict(feats),
@@ -193,18 +206,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     Each video is decoded by a worker into a staging file, which is read back in order and deleted.
     """
     cfg = self.builder_config
+    per_video = {}
+    for seg in (items if cfg.kind == 'clips' else catalog.segments):
+      per_video.setdefault(seg.video_id, []).append(seg)
     if cfg.kind == 'clips':
-      per_video = {}
-      for seg in items:
-        per_video.setdefault(seg.video_id, []).append(seg)
       vids = sorted(per_video, key=labels_lib.video_sort_key)
     else:
-      per_video, vids = {}, list(items)
+      vids = list(items)
     staging = os.path.join(self.data_dir, '_staging')
     os.makedirs(staging, exist_ok=True)
     settings = encode_lib.Settings(cfg.kind, cfg.short_side, cfg.chunk_frames, cfg.jpeg_quality)
     jobs = [encode_lib.VideoJob(settings, vid, catalog.paths[vid], catalog.videos[vid], catalog.info[vid],
-                                per_video.get(vid), os.path.join(staging, f'{cfg.kind}_{vid}.pkl'))
+                                per_video.get(vid, []), os.path.join(staging, f'{cfg.kind}_{vid}.pkl'))
             for vid in vids]
     key, failed = 0, []
     index = {'video_id': [], 'label': [], 'start_frame': [], 'num_frames': []}

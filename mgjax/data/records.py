@@ -20,8 +20,11 @@ from PIL import Image
 from mgjax import errors
 
 
-# Builder versions whose records this code reads (tfds_imigue3k's VERSION and RELEASE_NOTES).
-READABLE_VERSIONS = ('1.0.0',)
+# Builder versions whose records this code reads (tfds_imigue3k's VERSION and RELEASE_NOTES), oldest
+# first; the last is the one this checkout's builder writes. 1.1.0 added the pretrain frame labels.
+READABLE_VERSIONS = ('1.0.0', '1.1.0')
+FRAME_LABELS_SINCE = '1.1.0'
+NO_GESTURE = -1  # frame_label of a frame outside every segment (tfds_imigue3k.encode.NO_GESTURE)
 
 
 def data_source(data_dir: str, config: str = 'pretrain', split: str = 'train'):
@@ -50,6 +53,17 @@ def data_source(data_dir: str, config: str = 'pretrain', split: str = 'train'):
     return tfds.data_source(f'imigue3k/{config}:{readable[-1]}', split=split, data_dir=data_dir)
   except ValueError as e:  # an unknown split
     raise errors.DataError(f'{root}/{readable[-1]}: {e}') from None
+
+
+def require_frame_labels(source, data_dir: str, what: str) -> None:
+  """A DataError naming the records and what needs them when `source` (pretrain) has no frame labels."""
+  if 'frame_label' not in source.dataset_info.features:
+    version = source.dataset_info.version
+    raise errors.DataError(
+        f'{os.path.join(os.path.abspath(data_dir), "imigue3k", "pretrain", str(version))}: records of '
+        f'builder version {version} have no per-frame micro-gesture labels, which {what} needs (builder '
+        f'version {FRAME_LABELS_SINCE} on). Build them again with this checkout\'s tfds_imigue3k into a '
+        f'new data_dir; pretraining still reads these.')
 
 
 def num_classes(source) -> int:
