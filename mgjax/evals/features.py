@@ -82,21 +82,28 @@ def pool_tokens(tokens, grid_t: int, pooling: str):
   raise ValueError(f'unknown pooling {pooling!r}; known: {POOLINGS}')
 
 
-def feature_fn(fns, pooling: str = 'mean'):
+def feature_fn(fns, pooling: str = 'mean', layer: int = -1):
   """f(params, video uint8 (B,T,H,W,3)) -> float32 (B, D) features of the model of `fns` (a ModelFns).
 
   Mean pooling of a classifier is its own features (mean, then fc_norm); otherwise the encoder's tokens
-  (after the final norm of a pretraining model) are pooled by `pool_tokens`.
+  (after the final norm of a pretraining model) are pooled by `pool_tokens`. `layer`: the encoder block
+  whose tokens are pooled (-1, the last, as above; an earlier block's tokens without any norm).
   """
   if pooling not in POOLINGS:
     raise errors.ConfigError(f'config.pooling: unknown pooling {pooling!r}; known: {POOLINGS}')
   cfg = fns.cfg
+  depth = videomae.SIZES[cfg.size].depth
+  if not -depth <= layer < depth:
+    raise errors.ConfigError(f'layer {layer}: the {cfg.size} encoder has blocks 0..{depth - 1} '
+                             f'(or -{depth}..-1 from the last)')
+  last = layer in (-1, depth - 1)
 
   def f(params, video):
     module = fns.module(params)
-    if fns.num_classes and pooling == 'mean':
+    if fns.num_classes and pooling == 'mean' and last:
       return module.features(video).astype(jnp.float32)
-    tokens = module.encoder(videomae.normalized_patches(video, cfg))
+    patches = videomae.normalized_patches(video, cfg)
+    tokens = module.encoder(patches) if last else module.encoder.tokens_after(patches, layer)
     return pool_tokens(tokens, cfg.grid[0], pooling).astype(jnp.float32)
   return f
 
@@ -105,21 +112,21 @@ def metadata(record) -> dict:
   return {k: record[k].decode() if isinstance(record[k], bytes) else int(record[k]) for k in META}
 
 
-def progress(n: int, desc: str):
+def progress(n: int, desc: str, unit: str = 'clip'):
   """range(n) with progress: a live bar on a terminal; in a log file (SLURM, nohup) a log line every 30 s
   and at the end, instead of a carriage-return redraw per clip."""
   if jax.process_index() != 0:
     yield from range(n)
     return
   if sys.stderr.isatty():
-    yield from tqdm.trange(n, desc=desc, unit='clip', leave=False)
+    yield from tqdm.trange(n, desc=desc, unit=unit, leave=False)
     return
   start = last = time.monotonic()
   for i in range(n):
     yield i
     now = time.monotonic()
     if now - last >= 30 or i + 1 == n:
-      logging.info('%s: %d/%d clips, %.1f clips/s', desc, i + 1, n, (i + 1) / max(now - start, 1e-9))
+      logging.info('%s: %d/%d %ss, %.1f %ss/s', desc, i + 1, n, unit, (i + 1) / max(now - start, 1e-9), unit)
       last = now
 
 

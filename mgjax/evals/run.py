@@ -49,10 +49,10 @@ def load_model(config, checkpoint: str) -> tuple[functional.ModelFns, dict]:
   return fns, jax.tree.map(np.asarray, params)
 
 
-def predict_fns(fns: functional.ModelFns, pooling: str) -> tuple[dict, Callable]:
+def predict_fns(fns: functional.ModelFns, pooling: str, layer: int = -1) -> tuple[dict, Callable]:
   """What evaluators call, over this process's devices (a batch split along them, the parameters
-  replicated): 'features' (frozen, pooled by `pooling`) and, for a classifier, 'logits'. Also returns
-  put(params), which places the parameters on those devices once."""
+  replicated): 'features' (frozen, the tokens of block `layer` pooled by `pooling`) and, for a
+  classifier, 'logits'. Also returns put(params), which places the parameters on those devices once."""
   mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ('batch',))
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('batch'))
@@ -61,7 +61,7 @@ def predict_fns(fns: functional.ModelFns, pooling: str) -> tuple[dict, Callable]
     g = jax.jit(f, in_shardings=(rep, split), out_shardings=split)
     return lambda params, video: g(params, jax.device_put(np.asarray(video), split))
 
-  out = {'features': on_devices(features.feature_fn(fns, pooling))}
+  out = {'features': on_devices(features.feature_fn(fns, pooling, layer))}
   if fns.num_classes:
     out['logits'] = on_devices(lambda p, v: fns.module(p)(v))
   return out, lambda params: jax.device_put(params, rep)

@@ -129,6 +129,19 @@ class Encoder(nnx.Module):
     x = vit.run_blocks(self.blocks, x, key, self.remat)
     return self.norm(x) if self.final_norm else x
 
+  def tokens_after(self, patches, block: int):
+    """The tokens (B, N, D) that block `block` (0-based; negative counts from the last) puts out, for
+    all tokens; the last block's go through the final norm as __call__'s do."""
+    depth = len(self.blocks)
+    b = block + depth if block < 0 else block
+    if not 0 <= b < depth:
+      raise ValueError(f'block {block} of an encoder of {depth} blocks')
+    if b == depth - 1:
+      return self(patches)
+    x = self.patch_embed(patches)
+    x = x + vit.sinusoid_table(self.num_tokens, self.dim).astype(x.dtype)
+    return vit.run_blocks(self.blocks[:b + 1], x)
+
 
 class Decoder(nnx.Module):
 
