@@ -4,7 +4,8 @@ r"""Evaluation of a checkpoint on the iMiGUE-3K tasks.
 
 PATH: an mgjax workdir or checkpoint (pretraining or fine-tuned), or an exported directory; `random`
 evaluates the model of --config.model at random initialisation (the baseline). Tasks: knn, linear_probe,
-retrieval, emotion on frozen features; recognition needs a fine-tuned (classifier) checkpoint.
+retrieval, emotion on frozen features; recognition needs a fine-tuned (classifier) checkpoint; spotting
+reads whole videos from the pretrain records in the same data_dir (builder version 1.1.0 on).
 --config.pooling=temporal_std reads frozen features as what changes over the clip instead of VideoMAE's
 mean over tokens (docs/representation_study.md: on the sample's gestures it is the readout that shows
 what pretraining learned); --config.pooling=temporal_std_grid keeps that change per spatial position
@@ -19,7 +20,7 @@ def get_config():
   c.checkpoint = ''
   c.data_dir = ''  # where the `clips` records are (a demo workdir's demo_data/records works)
   c.clips_config = 'clips'
-  c.tasks = ('knn', 'linear_probe', 'retrieval', 'emotion', 'recognition')  # which of c.evals to run
+  c.tasks = ('knn', 'linear_probe', 'retrieval', 'emotion', 'recognition', 'spotting')  # of c.evals
   c.model = dict(size='XS', frames=8, image_size=64, patch=16, tubelet=2, decoder_depth=2, mask_ratio=0.75)
   c.seed = 0
   c.stride = 4
@@ -33,5 +34,7 @@ def get_config():
       retrieval=dict(type='retrieval'),
       emotion=dict(type='emotion'),
       # temporal windows x spatial crops, softmax averaged
-      recognition=dict(type='recognition', test_clips=3, test_crops=3))
+      recognition=dict(type='recognition', test_clips=3, test_crops=3),
+      # whole videos (the pretrain records): a temporal head on windows every `hop` frames
+      spotting=dict(type='spotting', hop=8, layers=2, width=128, kernel=5, steps=400, lr=1e-3, crop=64))
   return c.lock()

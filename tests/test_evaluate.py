@@ -32,6 +32,7 @@ def _config(checkpoint, data_dir, **kw):
   c.evals.recognition.update(test_clips=2, test_crops=3)
   c.evals.knn.k = 5
   c.evals.linear_probe.steps = 50
+  c.evals.spotting.update(steps=50, width=16)
   for k, v in kw.items():
     setattr(c, k, v)
   return c
@@ -345,7 +346,8 @@ def test_two_process_evaluate_writes_the_same_numbers(built, finetune_run, tmp_p
   and predictions.npz as from one process."""
   args = ['--config=configs/eval.py', f'--config.checkpoint={finetune_run}', f'--config.data_dir={built}',
           '--config.num_clips=1', '--config.evals.knn.k=5', '--config.evals.linear_probe.steps=50',
-          '--config.evals.recognition.test_clips=2', '--config.evals.recognition.test_crops=3']
+          '--config.evals.recognition.test_clips=2', '--config.evals.recognition.test_crops=3',
+          '--config.evals.spotting.steps=50', '--config.evals.spotting.width=16']
   one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
   out = subprocess.run([sys.executable, '-m', 'mgjax.evaluate', *args, f'--workdir={one}'], cwd=helpers.REPO,
                        capture_output=True, text=True)

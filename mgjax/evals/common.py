@@ -29,7 +29,7 @@ from mgjax import errors
 from mgjax.data import records
 from mgjax.evals import features as features_lib
 
-TYPES = ('knn', 'linear_probe', 'retrieval', 'emotion', 'recognition')
+TYPES = ('knn', 'linear_probe', 'retrieval', 'emotion', 'recognition', 'spotting')
 SPLITS = ('train', 'test')
 
 
@@ -50,8 +50,9 @@ class Clips:
   def __init__(self, sources: dict, num_classes: int, *, frames: int, size: int, stride: int = 4,
                num_clips: int = 2, batch: int = 16, limit: int = 0, cache_dir: Optional[str] = None,
                cache_key: Optional[dict] = None, protocol: Optional[dict] = None,
-               shard_processes: bool = False):
+               shard_processes: bool = False, data_dir: Optional[str] = None):
     self.sources, self.num_classes, self.protocol = sources, num_classes, protocol or {}
+    self.data_dir = data_dir  # where the records are: evaluators of whole videos read its pretrain records
     self.frames, self.size, self.stride, self.num_clips, self.batch = frames, size, stride, num_clips, batch
     self.limit, self.cache_dir, self.cache_key = limit, cache_dir, cache_key
     self.shard = shard_processes and jax.process_count() > 1
@@ -63,7 +64,7 @@ class Clips:
     """The train and test splits of data_dir's `name` records, with the builder's protocol."""
     sources = {s: records.data_source(data_dir, name, s) for s in SPLITS}
     return cls(sources, records.num_classes(sources['train']), protocol=records.protocol(data_dir, name),
-               **kw)
+               data_dir=data_dir, **kw)
 
   def indices(self, split: str) -> np.ndarray:
     n = len(self.sources[split])

@@ -14,6 +14,10 @@ per evaluator run, under its name:
   emotion       {train_videos, test_videos, from_features{accuracy, f1, count},
                  from_gesture_histogram{accuracy, f1, count}}
   recognition   {views, top1, top5, mean_class_accuracy, per_class_accuracy, confusion_png}
+  spotting      {hop, stride, train_videos, test_videos, test_segments, f1@0.3, f1@0.5 (each with
+                 _interval, precision@, recall@), baseline_f1@0.3, baseline_f1@0.5 (+ _interval),
+                 mAP@0.3, mAP@0.5, mAP@0.7, per_class_ap@0.5, detections, baseline, files}
+                (whole videos of the pretrain records: mgjax/evals/spotting.py)
 An entry that could not run is {"skipped": reason}. Accuracies are fractions in [0, 1]. Beside them:
 checkpoint, model, data_dir, pooling (how frozen features pool the tokens: mean or temporal_std). Features
 are cached in DIR/features/ and reused by later runs. predictions.npz holds, for knn, linear_probe and
