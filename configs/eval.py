@@ -20,7 +20,8 @@ def get_config():
   c.checkpoint = ''
   c.data_dir = ''  # where the `clips` records are (a demo workdir's demo_data/records works)
   c.clips_config = 'clips'
-  c.tasks = ('knn', 'linear_probe', 'retrieval', 'emotion', 'recognition', 'spotting')  # of c.evals
+  # which of c.evals run
+  c.tasks = ('knn', 'linear_probe', 'attentive_probe', 'retrieval', 'emotion', 'recognition', 'spotting')
   c.model = dict(size='XS', frames=8, image_size=64, patch=16, tubelet=2, decoder_depth=2, mask_ratio=0.75)
   c.seed = 0
   c.stride = 4
@@ -31,6 +32,9 @@ def get_config():
       knn=dict(type='knn', k=20, temperature=0.07),
       # L2 penalty: with several, cross-validation on the train split (folds of whole subjects) picks one
       linear_probe=dict(type='linear_probe', steps=500, lr=1e-2, l2=(1e-4, 1e-3, 1e-2, 1e-1), folds=3),
+      # cross-attention of learned queries over the frozen tokens; weight decay by subject folds as above
+      attentive_probe=dict(type='attentive_probe', steps=300, lr=1e-3, wd=(1e-3, 1e-2, 1e-1), folds=3, heads=4,
+                           queries=1, batch=64),
       retrieval=dict(type='retrieval'),
       emotion=dict(type='emotion'),
       # temporal windows x spatial crops, softmax averaged

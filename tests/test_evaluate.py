@@ -15,7 +15,7 @@ from mgjax.evals import compare as compare_lib
 from mgjax.evals import run as evaluate_lib
 from mgjax import weights
 from mgjax.data import records
-from mgjax.evals import common, features, knn, linear_probe, metrics, recognition, retrieval
+from mgjax.evals import attentive_probe, common, features, knn, linear_probe, metrics, recognition, retrieval
 from mgjax.models import classifier as classifier_lib
 from mgjax.models import videomae
 from configs import eval as eval_config
@@ -33,6 +33,7 @@ def _config(checkpoint, data_dir, **kw):
   c.evals.knn.k = 5
   c.evals.linear_probe.steps = 50
   c.evals.spotting.update(steps=50, width=16)
+  c.evals.attentive_probe.update(steps=30, wd=(1e-2,))
   for k, v in kw.items():
     setattr(c, k, v)
   return c
@@ -66,6 +67,8 @@ def test_five_tasks_end_to_end(built, classifier_dir, tmp_path):
   assert saved['checkpoint_read'] == classifier_dir and len(saved['weights']) == 16
   _check_classification(saved['knn'])
   assert saved['knn']['k'] == 5
+  _check_classification(saved['attentive_probe'])
+  assert saved['attentive_probe']['wd'] == 1e-2
   lp = saved['linear_probe']
   _check_classification(lp)
   assert lp['l2'] in c_l2 and set(lp['cv_top1']) == {str(v) for v in c_l2}
@@ -347,7 +350,8 @@ def test_two_process_evaluate_writes_the_same_numbers(built, finetune_run, tmp_p
   args = ['--config=configs/eval.py', f'--config.checkpoint={finetune_run}', f'--config.data_dir={built}',
           '--config.num_clips=1', '--config.evals.knn.k=5', '--config.evals.linear_probe.steps=50',
           '--config.evals.recognition.test_clips=2', '--config.evals.recognition.test_crops=3',
-          '--config.evals.spotting.steps=50', '--config.evals.spotting.width=16']
+          '--config.evals.spotting.steps=50', '--config.evals.spotting.width=16',
+          '--config.evals.attentive_probe.steps=30']
   one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
   out = subprocess.run([sys.executable, '-m', 'mgjax.evaluate', *args, f'--workdir={one}'], cwd=helpers.REPO,
                        capture_output=True, text=True)
@@ -471,3 +475,25 @@ def test_emotion_averages_the_clips_of_each_video():
   r = emotion.evaluate(clips, videos[:8], videos[8:], mg_train, num_classes=4, steps=100)
   for how in ('from_features', 'from_gesture_histogram'):
     assert r[how] == {'accuracy': 1.0, 'f1': 1.0, 'count': 4}, (how, r[how])
+
+
+def test_attentive_probe_finds_the_one_token_that_carries_the_class():
+  """Each clip: 32 tokens of noise, one of which (anywhere) also carries its class's direction. Mean pooling
+  dilutes that token 32 times; cross-attention can pick it out."""
+  rng = np.random.default_rng(0)
+  dim, classes, n_tokens = 32, 4, 32
+  directions = rng.normal(size=(classes, dim)) * 2.0
+
+  def make(n):
+    y = rng.integers(0, classes, n)
+    t = rng.normal(size=(n, n_tokens, dim)).astype(np.float32)
+    marked = rng.integers(0, n_tokens, n)
+    t[np.arange(n), marked] += directions[y] + 4.0  # the carrying token also stands out by its mean
+    return {'tokens': t, 'label': y, 'subject_id': np.arange(n) % 6}
+
+  train, test = make(600), make(200)
+  r = attentive_probe.evaluate(train, test, classes, wd=(1e-3, 1e-1), steps=300, lr=3e-3, heads=4)
+  assert set(r['cv_top1']) == {'0.001', '0.1'} and r['wd'] in (1e-3, 1e-1) and r['folds'] == 3
+  mean = {s: {'features': d['tokens'].mean(1), 'label': d['label']} for s, d in (('train', train), ('test', test))}
+  lp = linear_probe.evaluate(mean['train'], mean['test'], classes, steps=300)
+  assert r['top1'] > 0.9 and r['top1'] > lp['top1'] + 0.2, (r['top1'], lp['top1'])

@@ -8,8 +8,8 @@ Every task module (`knn`, `linear_probe`, `retrieval`, `emotion`, `recognition`)
       .predictions       -> after evaluate: (predicted class, label, subject id) per test clip, or None
 
 `clips` (a `Clips`) is the labelled clip records the task reads and their frozen features; `predict_fns`
-maps 'features' to f(params, video) -> (B, D) pooled features and, for a classifier, 'logits' to
-f(params, video) -> (B, num_classes). `build(config.evals, ...)` makes the evaluators a config lists:
+maps 'features' to f(params, video) -> (B, D) pooled features, 'tokens' to f(params, video) -> (B, N, D)
+the encoder's tokens and, for a classifier, 'logits' to f(params, video) -> (B, num_classes). `build(config.evals, ...)` makes the evaluators a config lists:
 
     config.evals.knn = dict(type='knn', k=20, temperature=0.07)
 
@@ -29,7 +29,7 @@ from mgjax import errors
 from mgjax.data import records
 from mgjax.evals import features as features_lib
 
-TYPES = ('knn', 'linear_probe', 'retrieval', 'emotion', 'recognition', 'spotting')
+TYPES = ('knn', 'linear_probe', 'attentive_probe', 'retrieval', 'emotion', 'recognition', 'spotting')
 SPLITS = ('train', 'test')
 
 
@@ -98,9 +98,11 @@ class Clips:
     if kept is not None:
       self._kept[key] = kept
 
-  def per_clip(self, split: str, windows: int, crops: int, fn: Callable) -> tuple[np.ndarray, dict]:
+  def per_clip(self, split: str, windows: int, crops: int, fn: Callable,
+               reduce: str = 'mean') -> tuple[np.ndarray, dict]:
     """fn(uint8 views (V, frames, size, size, 3)) -> (V, ...) outputs, `batch` views at a time (the last
-    batch padded, the padding dropped); per clip the mean over its windows * crops views. Returns
+    batch padded, the padding dropped); per clip the mean over its windows * crops views (reduce='mean'),
+    or their outputs joined along the first axis after the view (reduce='concat': tokens side by side). Returns
     (outputs (clips, ...) in the records' order, metadata {key: (clips,)}) of every clip of the split."""
     idx = self.indices(split)
     mine, own = self._share(idx)
@@ -111,7 +113,9 @@ class Clips:
       x = np.concatenate([v for v, _ in pending])
       pad = (-len(x)) % self.batch
       y = np.asarray(fn(np.concatenate([x, x[:pad]]) if pad else x))[:len(x)]
-      outs.extend(y[i * views_per_clip:(i + 1) * views_per_clip].mean(0) for i in range(len(pending)))
+      for i in range(len(pending)):
+        mine = y[i * views_per_clip:(i + 1) * views_per_clip]
+        outs.append(mine.mean(0) if reduce == 'mean' else mine.reshape(-1, *mine.shape[2:]))
       metas.extend(m for _, m in pending)
       pending.clear()
 

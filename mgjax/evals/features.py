@@ -108,6 +108,14 @@ def feature_fn(fns, pooling: str = 'mean', layer: int = -1):
   return f
 
 
+def tokens_fn(fns):
+  """f(params, video uint8 (B,T,H,W,3)) -> float32 (B, N, D): every token of the encoder's last block
+  (after the final norm of a pretraining model; a classifier's, whose norm comes after pooling, without)."""
+  def f(params, video):
+    return fns.module(params).encoder(videomae.normalized_patches(video, fns.cfg)).astype(jnp.float32)
+  return f
+
+
 def metadata(record) -> dict:
   return {k: record[k].decode() if isinstance(record[k], bytes) else int(record[k]) for k in META}
 

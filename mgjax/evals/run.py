@@ -8,6 +8,8 @@ The evaluators are the plug-ins of mgjax/evals (common.py has their interface), 
 per evaluator run, under its name:
   knn           {k, temperature, top1, top5, mean_class_accuracy, per_class_accuracy{class: acc}}
   linear_probe  {steps, l2, folds, cv_top1{l2: acc}, top1, top5, mean_class_accuracy, per_class_accuracy}
+  attentive_probe {steps, queries, heads, wd, folds, cv_top1{wd: acc}, top1, top5, mean_class_accuracy,
+                per_class_accuracy} (cross-attention over the frozen tokens; weight decay by subject folds)
                 (l2: the penalty chosen by cross-validation on the train split, folds of whole
                 subjects; folds and cv_top1 only when config.evals.linear_probe.l2 lists several)
   retrieval     {recall@1, recall@5, recall@10, mAP, queries}
@@ -65,7 +67,8 @@ def predict_fns(fns: functional.ModelFns, pooling: str, layer: int = -1) -> tupl
     g = jax.jit(f, in_shardings=(rep, split), out_shardings=split)
     return lambda params, video: g(params, jax.device_put(np.asarray(video), split))
 
-  out = {'features': on_devices(features.feature_fn(fns, pooling, layer))}
+  out = {'features': on_devices(features.feature_fn(fns, pooling, layer)),
+         'tokens': on_devices(features.tokens_fn(fns))}
   if fns.num_classes:
     out['logits'] = on_devices(lambda p, v: fns.module(p)(v))
   return out, lambda params: jax.device_put(params, rep)

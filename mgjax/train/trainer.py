@@ -207,7 +207,7 @@ def make_evaluators(config, fns: functional.ModelFns, mesh, data_dir_: str) -> d
     g = jax.jit(f, out_shardings=rep)
     return lambda params, video: g(params, jax.make_array_from_process_local_data(rep, np.asarray(video)))
 
-  fn = {'features': replicated(features.feature_fn(fns, e.pooling))}
+  fn = {'features': replicated(features.feature_fn(fns, e.pooling)), 'tokens': replicated(features.tokens_fn(fns))}
   if fns.num_classes:
     fn['logits'] = replicated(lambda p, v: fns.module(p)(v).astype(jnp.float32))
   return evals_common.build(config.evals, clips, fn)
