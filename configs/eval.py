@@ -33,7 +33,7 @@ def get_config():
       # L2 penalty: with several, cross-validation on the train split (folds of whole subjects) picks one
       linear_probe=dict(type='linear_probe', steps=500, lr=1e-2, l2=(1e-4, 1e-3, 1e-2, 1e-1), folds=3),
       # cross-attention of learned queries over the frozen tokens; weight decay by subject folds as above
-      attentive_probe=dict(type='attentive_probe', steps=300, lr=1e-3, wd=(1e-3, 1e-2, 1e-1), folds=3, heads=4,
+      attentive_probe=dict(type='attentive_probe', steps=300, lr=1e-3, wd=(1e-2, 1e-1, 1.0, 10.0), folds=3, heads=4,
                            queries=1, batch=64),
       retrieval=dict(type='retrieval'),
       emotion=dict(type='emotion'),

@@ -123,7 +123,7 @@ def report(results: dict) -> str:
       continue
     for k, v in r.items():
       if isinstance(v, float):
-        rows.append(f'| {task} | {k} | {100 * v:.1f} |' if k not in ('temperature', 'l2') else
+        rows.append(f'| {task} | {k} | {100 * v:.1f} |' if k not in ('temperature', 'l2', 'wd') else
                     f'| {task} | {k} | {v:g} |')
       elif isinstance(v, dict) and k.startswith('from_'):
         for kk, vv in v.items():
