@@ -7,7 +7,7 @@ import numpy as np
 
 from mgjax import files
 
-TASKS = ('knn', 'linear_probe', 'recognition')
+TASKS = ('knn', 'linear_probe', 'attentive_probe', 'recognition')
 
 
 def load(workdir: str) -> dict:
