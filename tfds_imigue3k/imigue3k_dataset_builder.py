@@ -2,7 +2,8 @@
 
 Two configs:
   clips     one record per labelled segment; splits train / test by the cross-subject protocol.
-  pretrain  every video, labelled or not, cut into fixed-length chunks with per-frame quality scores;
+  pretrain  every video, labelled or not, cut into fixed-length chunks with per-frame quality scores and
+            micro-gesture labels (and the label rows overlapping each chunk);
             split `train` leaves out the recognition test subjects, `heldout` has them, and TFDS's
             `all` (= train + heldout) keeps everything.
 
@@ -101,7 +102,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [
       Imigue3kConfig(name='clips', description='One record per labelled micro-gesture segment.'),
       Imigue3kConfig(name='pretrain',
-                     description='Every video in fixed-length chunks with per-frame quality scores.'),
+                     description='Every video in fixed-length chunks with per-frame quality scores and '
+                                 'micro-gesture labels.'),
   ]
   builder_config_cls = Imigue3kConfig
 
