@@ -36,8 +36,8 @@ def test_extract_reads_back_with_numpy_equals_evaluation_features_and_resumes(sa
                                                                              tmp_path):
   _, truth = sample
   out = str(tmp_path / 'dense')
-  cmd = [sys.executable, '-m', 'mgjax.extract', f'--checkpoint={pretrain_run}', f'--data_dir={built}',
-         f'--out={out}', f'--hop={HOP}', '--batch=8']
+  flags = [f'--checkpoint={pretrain_run}', f'--data_dir={built}', f'--hop={HOP}', '--batch=8']
+  cmd = [sys.executable, '-m', 'mgjax.extract', *flags, f'--out={out}']
   first = subprocess.run(cmd + ['--videos=2,5'], cwd=helpers.REPO, capture_output=True, text=True)
   assert first.returncode == 0, first.stderr[-3000:]
   stamps = {f: os.path.getmtime(os.path.join(out, 'features', f)) for f in os.listdir(os.path.join(out, 'features'))}
@@ -86,6 +86,19 @@ def test_extract_reads_back_with_numpy_equals_evaluation_features_and_resumes(sa
       np.testing.assert_allclose(x[start // HOP], evaluated['features'][i], rtol=1e-4, atol=1e-5)
       compared += 1
   assert compared >= 3
+
+  # Two processes of 2 devices each (launch/local_multiprocess.sh): every video once, the same files.
+  two = str(tmp_path / 'two')
+  env = dict(os.environ, PYTHON=sys.executable, DEVICES_PER_PROCESS='2')
+  out2 = subprocess.run(['bash', 'launch/local_multiprocess.sh', '2', 'mgjax.extract', *flags, f'--out={two}'],
+                        cwd=helpers.REPO, capture_output=True, text=True, env=env)
+  assert out2.returncode == 0, out2.stderr[-3000:]
+  assert 'process 1 of 2' in out2.stderr
+  index2, got2 = _read(two)
+  assert index2['videos'] == index['videos']
+  for vid, (x, meta) in got.items():
+    np.testing.assert_allclose(got2[vid][0], x, rtol=1e-5, atol=1e-6)
+    assert got2[vid][1] == meta
 
   with pytest.raises(errors.ConfigError, match=r'holds features of other settings \(hop differ\)'):
     extract_lib.extract(pretrain_run, built, out, hop=HOP + 1)
