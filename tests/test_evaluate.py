@@ -492,8 +492,7 @@ def test_attentive_probe_finds_the_one_token_that_carries_the_class():
     return {'tokens': t, 'label': y, 'subject_id': np.arange(n) % 6}
 
   train, test = make(600), make(200)
-  r = attentive_probe.evaluate(train, test, classes, wd=(1e-3, 1e-1), steps=300, lr=3e-3, heads=4)
-  assert set(r['cv_top1']) == {'0.001', '0.1'} and r['wd'] in (1e-3, 1e-1) and r['folds'] == 3
+  r = attentive_probe.evaluate(train, test, classes, wd=(1e-2,), steps=300, lr=3e-3, heads=4)
   mean = {s: {'features': d['tokens'].mean(1), 'label': d['label']} for s, d in (('train', train), ('test', test))}
   lp = linear_probe.evaluate(mean['train'], mean['test'], classes, steps=300)
   assert r['top1'] > 0.9 and r['top1'] > lp['top1'] + 0.2, (r['top1'], lp['top1'])

@@ -11,6 +11,7 @@ from flax import nnx
 from mgjax.data import pretrain
 from mgjax.models import functional, videomae, vit
 from mgjax.train import optim, sharding, step as step_lib, viz
+from tests import helpers
 
 
 def test_normalized_pixel_target_and_loss_by_hand():
@@ -88,6 +89,46 @@ def test_dual_masking_decodes_and_scores_only_the_chosen_tokens():
   every = mask.astype(np.int8)  # every masked token decoded: the plain model's numbers
   for a, b in zip(model0(jnp.asarray(video), jnp.asarray(mask)), model0(jnp.asarray(video), jnp.asarray(every))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _reference_forward(model, video, mask):
+  """The pretraining forward pass written the direct way: every token normalised and embedded, the
+  visible ones gathered after the embedding, the target computed for every token and gathered after."""
+  cfg = model.cfg
+  order = jnp.argsort(mask.astype(jnp.int32), axis=1, stable=True)
+  nv = cfg.num_tokens - cfg.num_masked
+  visible, decoded = order[:, :nv], order[:, nv:nv + cfg.num_decoded]
+  x = jnp.asarray(video, jnp.float32) / 255.0
+  patches = vit.patchify((x - videomae.IMAGENET_MEAN) / videomae.IMAGENET_STD, cfg.patch, cfg.tubelet)
+  enc = model.encoder(patches, visible)
+  y = model.encoder_to_decoder(enc)
+  pos = jnp.asarray(vit.sinusoid_table(cfg.num_tokens, y.shape[-1]), y.dtype)
+  y_mask = jnp.broadcast_to(model.mask_token[...].astype(y.dtype), (y.shape[0], cfg.num_decoded, y.shape[-1]))
+  pred = model.decoder(jnp.concatenate([y + pos[visible], y_mask + pos[decoded]], axis=1), cfg.num_decoded)
+  full = videomae.normalized_pixel_target(x, cfg.patch, cfg.tubelet)
+  return pred.astype(jnp.float32), jnp.take_along_axis(full, decoded[..., None], axis=1)
+
+
+@pytest.mark.parametrize('dtype,decoder_mask_ratio', [('float32', 0.0), ('bfloat16', 0.5)])
+def test_gather_first_forward_gives_the_direct_forward_loss_and_gradients(dtype, decoder_mask_ratio):
+  """The pretraining step embeds only the visible tokens and normalises only the decoded tokens' target
+  (gathering uint8 pixels first); the loss and every gradient are the direct computation's, within
+  float32 rounding, and within bfloat16's in bfloat16."""
+  cfg = videomae.ModelConfig(size='T', frames=4, image_size=32, mask_ratio=0.5, dtype=dtype,
+                             decoder_mask_ratio=decoder_mask_ratio)
+  fns = functional.ModelFns.create(cfg)
+  params = fns.init(0)
+  video = np.random.default_rng(1).integers(0, 256, (4, 4, 32, 32, 3), dtype=np.uint8)
+  mask = np.stack([pretrain.tube_mask(np.random.default_rng(i), cfg.grid, 0.5) for i in range(4)])
+  if decoder_mask_ratio:
+    mask = np.stack([pretrain.dual_mask(np.random.default_rng(i), m, cfg.grid, 0.5, cfg.num_decoded)
+                     for i, m in enumerate(mask)])
+  loss = lambda forward: jax.jit(jax.value_and_grad(
+      lambda p, v, m: videomae.loss_fn(*forward(fns.module(p), v, m))))(params, video, mask)
+  (got, g_got), (want, g_want) = loss(lambda m, v, k: m(v, k)), loss(_reference_forward)
+  rtol = 1e-5 if dtype == 'float32' else 2e-2  # bfloat16 keeps 8 bits of mantissa
+  np.testing.assert_allclose(float(got), float(want), rtol=rtol)
+  helpers.assert_close_normwise(g_got, g_want, 1e-4 if dtype == 'float32' else 5e-2, 'gradients')
 
 
 def test_tube_mask_shape_and_counts():

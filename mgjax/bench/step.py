@@ -11,6 +11,7 @@ fusions). The last line reads `clips/s: X  TFLOP/s: Y  MFU: Z%`.
 
 from __future__ import annotations
 
+import re
 import time
 
 import jax
@@ -34,9 +35,11 @@ def xla_counts(compiled, batch: int) -> str:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
   hlo = compiled.as_text() or ''
+  ops = {op: len(re.findall(rf'= [^ ]+ {op}\(', hlo)) for op in ('gather', 'scatter', 'transpose', 'copy')}
   return (f'XLA: {cost.get("flops", float("nan")) / batch / 1e9:.4g} GFLOP and '
           f'{cost.get("bytes accessed", float("nan")) / batch / 1e9:.4g} GB accessed per clip, '
-          f'{hlo.count(" fusion(") + hlo.count(" fusion.")} fusions')
+          f'{hlo.count(" fusion(") + hlo.count(" fusion.")} fusions, '
+          + ', '.join(f'{n} {op}' for op, n in ops.items()) + ' instructions')
 
 
 def main(argv):

@@ -120,12 +120,19 @@ class Encoder(nnx.Module):
     self.final_norm = final_norm
     self.num_tokens, self.dim, self.remat = cfg.num_tokens, dim, cfg.remat
 
-  def __call__(self, patches, visible: Optional[jax.Array] = None, key=None):
-    """patches (B, N, P); visible (B, V) token indices, or None for all tokens."""
+  def __call__(self, patches, visible: Optional[jax.Array] = None, key=None,
+               positions: Optional[jax.Array] = None):
+    """patches (B, N, P) of every token, and visible (B, V) the token indices to keep (None: all); or
+    patches (B, V, P) of chosen tokens only and `positions` (B, V) their token indices (what pretraining
+    does: only the visible tokens are embedded)."""
     x = self.patch_embed(patches)
-    x = x + vit.sinusoid_table(self.num_tokens, self.dim).astype(x.dtype)  # fixed table, not a Param
-    if visible is not None:
-      x = jnp.take_along_axis(x, visible[..., None], axis=1)
+    table = vit.sinusoid_table(self.num_tokens, self.dim)  # fixed table, not a Param
+    if positions is not None:
+      x = x + jnp.asarray(table, x.dtype)[positions]
+    else:
+      x = x + table.astype(x.dtype)
+      if visible is not None:
+        x = jnp.take_along_axis(x, visible[..., None], axis=1)
     x = vit.run_blocks(self.blocks, x, key, self.remat)
     return self.norm(x) if self.final_norm else x
 
@@ -180,14 +187,16 @@ class VideoMAE(nnx.Module):
 
   def __call__(self, video, mask, key=None):
     cfg = self.cfg
-    x = video.astype(jnp.float32) / 255.0
-    patches = normalized_patches(video, cfg)
     num_visible, num_decoded = cfg.num_tokens - cfg.num_masked, cfg.num_decoded
     # Visible tokens first, then the decoded masked ones, then those left out, each in token order (a
     # stable sort of the mask).
     order = jnp.argsort(mask.astype(jnp.int32), axis=1, stable=True)
     visible, decoded = order[:, :num_visible], order[:, num_visible:num_visible + num_decoded]
-    enc = self.encoder(patches, visible, key)
+    # The uint8 pixels of each token, gathered before anything is computed on them: the encoder embeds
+    # only the visible tokens and the target covers only the decoded ones.
+    raw = vit.patchify(video, cfg.patch, cfg.tubelet)
+    take = lambda idx: jnp.take_along_axis(raw, idx[..., None], axis=1)
+    enc = self.encoder(normalize_patch_pixels(take(visible)), key=key, positions=visible)
     dtype = enc.dtype
     y = self.encoder_to_decoder(enc)
     pos = jnp.asarray(vit.sinusoid_table(cfg.num_tokens, y.shape[-1]), dtype)
@@ -195,7 +204,7 @@ class VideoMAE(nnx.Module):
     y_mask = jnp.broadcast_to(self.mask_token[...].astype(dtype), (y.shape[0], num_decoded, y.shape[-1]))
     y_mask = y_mask + pos[decoded]
     pred = self.decoder(jnp.concatenate([y_vis, y_mask], axis=1), num_decoded)
-    target = jnp.take_along_axis(normalized_pixel_target(x, cfg.patch, cfg.tubelet), decoded[..., None], axis=1)
+    target = patch_target(take(decoded).astype(jnp.float32) / 255.0)
     return pred.astype(jnp.float32), target
 
 
@@ -204,10 +213,13 @@ def normalized_pixel_target(x01, patch: int, tubelet: int):
 
   x01: (B, T, H, W, C) in [0, 1]. Returns (B, N, kt*p*p*C) flattened channel-last, as the official code.
   """
-  t = vit.patchify(x01, patch, tubelet)
+  return patch_target(vit.patchify(x01, patch, tubelet), x01.shape[-1])
+
+
+def patch_target(t, channels: int = 3):
+  """normalized_pixel_target of patches already cut: (B, n, kt*p*p*C) in [0, 1] -> the same shape."""
   b, n, _ = t.shape
-  c = x01.shape[-1]
-  t = t.reshape(b, n, -1, c)
+  t = t.reshape(b, n, -1, channels)
   mean = t.mean(axis=2, keepdims=True)
   std = jnp.sqrt(t.var(axis=2, keepdims=True, ddof=1))
   return ((t - mean) / (std + 1e-6)).reshape(b, n, -1)
@@ -220,8 +232,13 @@ def loss_fn(pred, target):
 
 def normalized_patches(video, cfg: ModelConfig):
   """uint8 (B, T, H, W, 3) -> ImageNet-normalised patches (B, N, kt*p*p*3): what the encoders read."""
-  x = video.astype(jnp.float32) / 255.0
-  return vit.patchify((x - IMAGENET_MEAN) / IMAGENET_STD, cfg.patch, cfg.tubelet)
+  return normalize_patch_pixels(vit.patchify(video, cfg.patch, cfg.tubelet))
+
+
+def normalize_patch_pixels(raw):
+  """uint8 patches (..., kt*p*p*3), channel last -> float32 ImageNet-normalised."""
+  x = raw.astype(jnp.float32).reshape(*raw.shape[:-1], -1, 3) / 255.0
+  return ((x - IMAGENET_MEAN) / IMAGENET_STD).reshape(raw.shape)
 
 
 def count_params(tree) -> int:
