@@ -351,7 +351,7 @@ def test_two_process_evaluate_writes_the_same_numbers(built, finetune_run, tmp_p
           '--config.num_clips=1', '--config.evals.knn.k=5', '--config.evals.linear_probe.steps=50',
           '--config.evals.recognition.test_clips=2', '--config.evals.recognition.test_crops=3',
           '--config.evals.spotting.steps=50', '--config.evals.spotting.width=16',
-          '--config.evals.attentive_probe.steps=30']
+          "--config.tasks=('knn','linear_probe','retrieval','emotion','recognition','spotting')"]
   one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
   out = subprocess.run([sys.executable, '-m', 'mgjax.evaluate', *args, f'--workdir={one}'], cwd=helpers.REPO,
                        capture_output=True, text=True)
@@ -362,7 +362,7 @@ def test_two_process_evaluate_writes_the_same_numbers(built, finetune_run, tmp_p
   assert out.returncode == 0, out.stderr[-3000:]
   assert '[0] ' in out.stderr and '[1] ' in out.stderr and 'process 1 of 2' in out.stderr
   a, b = (json.load(open(os.path.join(w, 'results.json'))) for w in (one, two))
-  for task in common.TYPES:
+  for task in set(common.TYPES) - {'attentive_probe'}:  # its clips are shared as every clip task's
     assert a[task] == b[task], task
   pa, pb = compare_lib.load(one), compare_lib.load(two)
   assert sorted(pa) == sorted(pb)
