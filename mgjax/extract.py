@@ -70,8 +70,7 @@ def extract(checkpoint: str, data_dir: str, out: str, *, split: str = 'all', rec
   if model != fns.cfg:  # the position table is computed, not learned: any number of frames works
     fns = functional.ModelFns.create(model, fns.num_classes)
   fingerprint = features_lib.weights_fingerprint(params)
-  fn = run_lib.predict_fns(fns, pooling, layer)
-  put, predict = fn[1], fn[0]['features']
+  predict, put = run_lib.predict_fns(fns, pooling, layer)
   params = put(params)
   settings = {'checkpoint': str(files.absolute(pinned)), 'weights': fingerprint,
               'model': dataclasses.asdict(model), 'data_dir': str(files.absolute(data_dir)),
@@ -103,7 +102,7 @@ def extract(checkpoint: str, data_dir: str, out: str, *, split: str = 'all', rec
     if (feats / f'{v.video_id}.json').exists():
       skipped += 1
       continue
-    got = dense.video_features(source, v, lambda x: predict(params, x), frames=model.frames, stride=stride,
+    got = dense.video_features(source, v, lambda x: predict['features'](params, x), frames=model.frames, stride=stride,
                                hop=hop, size=model.image_size, batch=-(-batch // devices) * devices)
     files.write_atomic(feats / f'{v.video_id}.npy', lambda f, x=got['features']: np.save(f, x), binary=True)
     meta = {'video_id': v.video_id, 'num_frames': v.num_frames, 'fps': v.fps, 'subject_id': v.subject_id,

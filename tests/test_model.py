@@ -100,7 +100,8 @@ def _reference_forward(model, video, mask):
   visible, decoded = order[:, :nv], order[:, nv:nv + cfg.num_decoded]
   x = jnp.asarray(video, jnp.float32) / 255.0
   patches = vit.patchify((x - videomae.IMAGENET_MEAN) / videomae.IMAGENET_STD, cfg.patch, cfg.tubelet)
-  enc = model.encoder(patches, visible)
+  embedded = jnp.take_along_axis(model.encoder.embed(patches), visible[..., None], axis=1)
+  enc = model.encoder.norm(vit.run_blocks(model.encoder.blocks, embedded))
   y = model.encoder_to_decoder(enc)
   pos = jnp.asarray(vit.sinusoid_table(cfg.num_tokens, y.shape[-1]), y.dtype)
   y_mask = jnp.broadcast_to(model.mask_token[...].astype(y.dtype), (y.shape[0], cfg.num_decoded, y.shape[-1]))

@@ -110,17 +110,20 @@ def frame_labels(segments, num_frames: int) -> np.ndarray:
   overlap (iMiGUE's rows do, often by a frame or more) the one that started last holds the frame: the
   gesture in progress is the newest one."""
   out = np.full(num_frames, NO_GESTURE, np.int64)
-  for s in sorted(segments, key=lambda s: (s.start_frame, s.label_id)):
+  for s in _in_order(segments):
     out[s.start_frame:s.end_frame + 1] = s.label
   return out
+
+
+def _in_order(segments) -> list:
+  return sorted(segments, key=lambda s: (s.start_frame, s.label_id))
 
 
 def _write_chunks(job: VideoJob):
   info, st = job.info, job.settings
   labelled = job.meta.source == 'labels.csv'
   labels = frame_labels(job.segments, info.num_frames)
-  segs = np.array([[s.start_frame, s.end_frame, s.label]
-                   for s in sorted(job.segments, key=lambda s: (s.start_frame, s.label_id))],
+  segs = np.array([[s.start_frame, s.end_frame, s.label] for s in _in_order(job.segments)],
                   np.int64).reshape(-1, 3)
   w, h = video_lib.output_size(info.width, info.height, st.short_side)
   n, size = info.num_frames, st.chunk_frames

@@ -9,7 +9,8 @@ Every task module (`knn`, `linear_probe`, `retrieval`, `emotion`, `recognition`)
 
 `clips` (a `Clips`) is the labelled clip records the task reads and their frozen features; `predict_fns`
 maps 'features' to f(params, video) -> (B, D) pooled features, 'tokens' to f(params, video) -> (B, N, D)
-the encoder's tokens and, for a classifier, 'logits' to f(params, video) -> (B, num_classes). `build(config.evals, ...)` makes the evaluators a config lists:
+the encoder's tokens and, for a classifier, 'logits' to f(params, video) -> (B, num_classes).
+`build(config.evals, ...)` makes the evaluators a config lists:
 
     config.evals.knn = dict(type='knn', k=20, temperature=0.07)
 
@@ -102,8 +103,8 @@ class Clips:
                reduce: str = 'mean') -> tuple[np.ndarray, dict]:
     """fn(uint8 views (V, frames, size, size, 3)) -> (V, ...) outputs, `batch` views at a time (the last
     batch padded, the padding dropped); per clip the mean over its windows * crops views (reduce='mean'),
-    or their outputs joined along the first axis after the view (reduce='concat': tokens side by side). Returns
-    (outputs (clips, ...) in the records' order, metadata {key: (clips,)}) of every clip of the split."""
+    or their outputs joined along the first axis after the view (reduce='concat': tokens side by side).
+    Returns (outputs (clips, ...) in the records' order, metadata {key: (clips,)}) of every clip of the split."""
     idx = self.indices(split)
     mine, own = self._share(idx)
     views_per_clip = windows * crops

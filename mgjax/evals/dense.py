@@ -70,14 +70,17 @@ def window_centres(starts: np.ndarray, frames: int, stride: int) -> np.ndarray:
   return starts + (records.window_span(frames, stride) - 1) / 2
 
 
-def _windows(source, video: Video, starts: np.ndarray, frames: int, stride: int,
-             size: int) -> Iterator[np.ndarray]:
-  """uint8 (frames, size, size, 3) per window, decoding each needed frame once, chunk by chunk."""
+def _windows(source, video: Video, starts: np.ndarray, frames: int, stride: int, size: int,
+             records_read: list) -> Iterator[np.ndarray]:
+  """uint8 (frames, size, size, 3) per window, decoding each needed frame once, chunk by chunk. Each
+  record's frame labels and segments (when it has them) go to `records_read` as it is read."""
   offsets = np.arange(frames) * stride
   wanted = np.unique(np.minimum(starts[:, None] + offsets, video.num_frames - 1))
   kept, w = {}, 0
   for i in range(video.first, video.first + video.count):
     r = source[i]
+    if 'frame_label' in r:
+      records_read.append((r['frame_label'], np.asarray(r['segments']).reshape(-1, 3)))
     a, n = int(r['start_frame']), int(r['num_frames'])
     need = wanted[(wanted >= a) & (wanted < a + n)]
     try:
@@ -95,11 +98,11 @@ def _windows(source, video: Video, starts: np.ndarray, frames: int, stride: int,
         del kept[j]
 
 
-def labels_and_segments(source, video: Video, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """(class of each window's centre frame, -1 = none; the video's segments (n, 3): start, end, class)."""
-  recs = [source[i] for i in range(video.first, video.first + video.count)]
-  frame_label = records.concat(recs, 'frame_label')
-  segs = {tuple(s) for r in recs for s in np.asarray(r['segments']).reshape(-1, 3).tolist()}
+def labels_and_segments(records_read: list, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """From a video's (frame_label, segments) per record: (class of each window's centre frame, -1 =
+  none; the video's segments (n, 3): start, end, class)."""
+  frame_label = np.concatenate([labels for labels, _ in records_read])
+  segs = {tuple(s) for _, chunk in records_read for s in chunk.tolist()}
   return frame_label[np.round(centres).astype(int)], np.array(sorted(segs), np.int64).reshape(-1, 3)
 
 
@@ -109,7 +112,7 @@ def video_features(source, video: Video, fn: Callable, *, frames: int, stride: i
   time (the last batch padded, the padding dropped). Returns {'features' float32 (W, D), 'start' (W,),
   'centre' (W,)} and, for records with frame labels, 'label' (W,) and 'segments' (n, 3)."""
   starts = window_starts(video.num_frames, frames, stride, hop)
-  outs, pending = [], []
+  outs, pending, records_read = [], [], []
 
   def flush():
     x = np.stack(pending)
@@ -118,7 +121,7 @@ def video_features(source, video: Video, fn: Callable, *, frames: int, stride: i
     outs.append(y.astype(np.float32))
     pending.clear()
 
-  for window in _windows(source, video, starts, frames, stride, size):
+  for window in _windows(source, video, starts, frames, stride, size, records_read):
     pending.append(window)
     if len(pending) == batch:
       flush()
@@ -127,5 +130,5 @@ def video_features(source, video: Video, fn: Callable, *, frames: int, stride: i
   centres = window_centres(starts, frames, stride)
   out = {'features': np.concatenate(outs), 'start': starts, 'centre': centres}
   if video.labelled is not None:
-    out['label'], out['segments'] = labels_and_segments(source, video, centres)
+    out['label'], out['segments'] = labels_and_segments(records_read, centres)
   return out

@@ -102,18 +102,18 @@ def feature_fn(fns, pooling: str = 'mean', layer: int = -1):
     module = fns.module(params)
     if fns.num_classes and pooling == 'mean' and last:
       return module.features(video).astype(jnp.float32)
-    patches = videomae.normalized_patches(video, cfg)
-    tokens = module.encoder(patches) if last else module.encoder.tokens_after(patches, layer)
-    return pool_tokens(tokens, cfg.grid[0], pooling).astype(jnp.float32)
+    return pool_tokens(_tokens(module, video, cfg, layer), cfg.grid[0], pooling).astype(jnp.float32)
   return f
+
+
+def _tokens(module, video, cfg, layer: int = -1):
+  return module.encoder.tokens_after(videomae.normalized_patches(video, cfg), layer)
 
 
 def tokens_fn(fns):
   """f(params, video uint8 (B,T,H,W,3)) -> float32 (B, N, D): every token of the encoder's last block
   (after the final norm of a pretraining model; a classifier's, whose norm comes after pooling, without)."""
-  def f(params, video):
-    return fns.module(params).encoder(videomae.normalized_patches(video, fns.cfg)).astype(jnp.float32)
-  return f
+  return lambda params, video: _tokens(fns.module(params), video, fns.cfg).astype(jnp.float32)
 
 
 def metadata(record) -> dict:

@@ -248,7 +248,7 @@ class Evaluator(common.Evaluator):
       v = videos[i]
       if c.cache_dir:
         key = {**(c.cache_key or {}), 'dense': v.video_id, 'hop': self.hop, 'stride': self.stride,
-               'data_dir_pretrain': self.pretrain}
+               'pretrain_records': self.pretrain}
         out.append(features_lib.cached(c.cache_dir, key, lambda v=v: compute(v)))
       else:
         out.append(compute(v))

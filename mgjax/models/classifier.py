@@ -28,7 +28,7 @@ class VideoClassifier(nnx.Module):
   def features(self, video, key=None):
     """uint8 (B, T, H, W, 3) -> pooled, normalised features (B, D)."""
     patches = videomae.normalized_patches(video, self.cfg)
-    return self.fc_norm(self.encoder(patches, None, key).mean(axis=1))
+    return self.fc_norm(self.encoder(patches, key).mean(axis=1))
 
   def __call__(self, video, key=None):
     return self.head(self.features(video, key)).astype(jnp.float32)

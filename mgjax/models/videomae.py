@@ -120,20 +120,17 @@ class Encoder(nnx.Module):
     self.final_norm = final_norm
     self.num_tokens, self.dim, self.remat = cfg.num_tokens, dim, cfg.remat
 
-  def __call__(self, patches, visible: Optional[jax.Array] = None, key=None,
-               positions: Optional[jax.Array] = None):
-    """patches (B, N, P) of every token, and visible (B, V) the token indices to keep (None: all); or
-    patches (B, V, P) of chosen tokens only and `positions` (B, V) their token indices (what pretraining
-    does: only the visible tokens are embedded)."""
+  def embed(self, patches, positions: Optional[jax.Array] = None):
+    """Patch embedding plus the fixed position table (not a Param): patches (B, N, P) of every token, or
+    (B, V, P) of chosen tokens with `positions` (B, V) their token indices."""
     x = self.patch_embed(patches)
-    table = vit.sinusoid_table(self.num_tokens, self.dim)  # fixed table, not a Param
-    if positions is not None:
-      x = x + jnp.asarray(table, x.dtype)[positions]
-    else:
-      x = x + table.astype(x.dtype)
-      if visible is not None:
-        x = jnp.take_along_axis(x, visible[..., None], axis=1)
-    x = vit.run_blocks(self.blocks, x, key, self.remat)
+    table = jnp.asarray(vit.sinusoid_table(self.num_tokens, self.dim), x.dtype)
+    return x + (table if positions is None else table[positions])
+
+  def __call__(self, patches, key=None, positions: Optional[jax.Array] = None):
+    """patches (B, N, P) of every token; or, as pretraining does (only the visible tokens embedded),
+    (B, V, P) of chosen tokens and `positions` (B, V) their token indices."""
+    x = vit.run_blocks(self.blocks, self.embed(patches, positions), key, self.remat)
     return self.norm(x) if self.final_norm else x
 
   def tokens_after(self, patches, block: int):
@@ -145,9 +142,7 @@ class Encoder(nnx.Module):
       raise ValueError(f'block {block} of an encoder of {depth} blocks')
     if b == depth - 1:
       return self(patches)
-    x = self.patch_embed(patches)
-    x = x + vit.sinusoid_table(self.num_tokens, self.dim).astype(x.dtype)
-    return vit.run_blocks(self.blocks[:b + 1], x)
+    return vit.run_blocks(self.blocks[:b + 1], self.embed(patches))
 
 
 class Decoder(nnx.Module):
